@@ -1,0 +1,55 @@
+"""One table from domain exception to HTTP status, and field-level 422 messages."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from layers.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Unauthorized
+
+STATUS: list[tuple[type[Exception], int]] = [
+    (NotFound, 404),
+    (Invalid, 422),
+    (Conflict, 409),
+    (Forbidden, 403),
+    (Unauthorized, 401),
+    (DomainError, 400),
+]
+
+
+def status_for(exc: Exception) -> int:
+    """The HTTP status of a domain exception (first matching class in :data:`STATUS`)."""
+    for cls, code in STATUS:
+        if isinstance(exc, cls):
+            return code
+    return 500
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+
+    async def domain(_: Request, exc: Exception) -> JSONResponse:
+        code = status_for(exc)
+        assert isinstance(exc, DomainError)
+        body = {"detail": exc.message, **{k: v for k, v in exc.detail.items() if k != "value"}}
+        headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        return JSONResponse(body, status_code=code, headers=headers)
+
+    async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for e in exc.errors():
+            loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+            errors.append({"field": ".".join(loc) or "body", "message": e.get("msg", ""),
+                           "input": _short(e.get("input"))})
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return JSONResponse({"detail": summary, "errors": errors}, status_code=422)
+
+    for cls, _code in STATUS:
+        app.add_exception_handler(cls, domain)
+    app.add_exception_handler(RequestValidationError, validation)  # type: ignore[arg-type]
+
+
+def _short(value: object) -> object:
+    text = repr(value)
+    return value if len(text) <= 120 and isinstance(value, str | int | float | None) else text[:117] + "..."

@@ -1,0 +1,344 @@
+"""HJ 212 receiver: an asyncio TCP server and the HTTP payload handler, over one sink.
+
+Data loggers connect as TCP clients and push packets (``layers.hj212`` does the framing and
+parsing). Each connection gets its own task, framer and reassembler, so a slow or hostile
+peer can only waste its own task: reads and writes have timeouts and every buffer is capped.
+Whatever cannot be accepted goes to ``sink.quarantine`` with its raw bytes and the reason;
+nothing is dropped silently. Storage is injected (:class:`HJ212Sink`) so the monitoring layer
+can be wired in without this module knowing about a database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from layers.hj212 import (
+    HJ212_MAX_FRAME,
+    Frame,
+    Framer,
+    Packet,
+    PacketError,
+    Reading,
+    Reassembler,
+    Rejected,
+    RejectReason,
+    build_reply,
+    clock_skew,
+    parse_packet,
+)
+
+__all__ = [
+    "HJ212Sink",
+    "InMemorySink",
+    "Quarantined",
+    "handle_http_payload",
+    "serve_hj212",
+    "start_hj212_server",
+]
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 64 * 1024
+
+
+class HJ212Sink(Protocol):
+    """Where the receiver hands accepted packets and quarantined bytes."""
+
+    async def accept(self, packet: Packet, received_at: datetime, peer: str) -> None:
+        """Store an accepted packet (``packet.clock_skew`` is already filled in)."""
+        ...
+
+    async def quarantine(self, raw: bytes, reason: str, received_at: datetime, peer: str) -> None:
+        """Keep bytes that could not be accepted, with the reason."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """One quarantined item held by :class:`InMemorySink`."""
+
+    raw: bytes
+    reason: str
+    received_at: datetime
+    peer: str
+
+
+@dataclass
+class InMemorySink:
+    """Sink for tests and the benchmark; readings are kept idempotently.
+
+    ``readings`` is keyed by (MN, CN, DataTime, pollutant), the same key the database uses,
+    so a retransmitted upload is stored once (``duplicates`` counts the repeats).
+    """
+
+    packets: list[Packet] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    readings: dict[tuple[str, str, datetime | None, str], Reading] = field(default_factory=dict)
+    duplicates: int = 0
+
+    async def accept(self, packet: Packet, received_at: datetime, peer: str) -> None:
+        """Record the packet and its readings."""
+        self.packets.append(packet)
+        for r in packet.readings:
+            key = (r.mn, r.cn, r.data_time, r.pollutant)
+            if key in self.readings:
+                self.duplicates += 1
+            else:
+                self.readings[key] = r
+
+    async def quarantine(self, raw: bytes, reason: str, received_at: datetime, peer: str) -> None:
+        """Record the rejected bytes."""
+        self.quarantined.append(Quarantined(raw, reason, received_at, peer))
+
+
+class _Session:
+    """Framing → parsing → reassembly → sink, for one connection or one HTTP body."""
+
+    def __init__(
+        self,
+        sink: HJ212Sink,
+        peer: str,
+        *,
+        framer: Framer | None = None,
+        reassembler: Reassembler | None = None,
+        accept_modbus_swapped: bool = False,
+    ) -> None:
+        self.sink = sink
+        self.peer = peer
+        self.framer = framer or Framer()
+        self.reassembler = reassembler or Reassembler()
+        self.accept_modbus_swapped = accept_modbus_swapped
+
+    async def handle(self, items: Iterable[Frame | Rejected], received_at: datetime) -> list[bytes]:
+        replies: list[bytes] = []
+        for item in items:
+            if isinstance(item, Rejected):
+                await self._quarantine(item.raw, f"{item.reason.value}: {item.detail}", received_at)
+                continue
+            reply = await self._frame(item, received_at)
+            if reply is not None:
+                replies.append(reply)
+        for lost in self.reassembler.expire(time.monotonic()):
+            await self._incomplete(lost.parts, lost.reason, received_at)
+        return replies
+
+    async def close(self, received_at: datetime) -> None:
+        await self.handle(self.framer.flush(), received_at)
+        for lost in self.reassembler.flush():
+            await self._incomplete(lost.parts, lost.reason, received_at)
+
+    async def _frame(self, frame: Frame, received_at: datetime) -> bytes | None:
+        try:
+            packet = parse_packet(frame, accept_modbus_swapped=self.accept_modbus_swapped)
+            whole = self.reassembler.add(packet, time.monotonic())
+        except PacketError as exc:
+            await self._quarantine(frame.raw, f"{exc.reason.value}: {exc}", received_at)
+            return None
+        if whole is not None:
+            whole = dataclasses.replace(
+                whole, received_at=received_at, clock_skew=clock_skew(whole, received_at)
+            )
+            try:
+                await self.sink.accept(whole, received_at, self.peer)
+            except Exception as exc:
+                # Storage failed: keep the bytes and withhold the ack so the device retransmits.
+                log.exception("hj212 sink.accept failed for %s", self.peer)
+                await self._quarantine(
+                    whole.raw, f"{RejectReason.SINK_ERROR.value}: {exc!r}", received_at
+                )
+                return None
+        # Sub-packets are acknowledged one by one, each echoing its own QN (§10).
+        return build_reply(packet)
+
+    async def _incomplete(self, parts: Iterable[Packet], reason: str, at: datetime) -> None:
+        raw = b"".join(p.raw for p in parts)
+        await self._quarantine(raw, f"{RejectReason.INCOMPLETE_SPLIT.value}: {reason}", at)
+
+    async def _quarantine(self, raw: bytes, reason: str, received_at: datetime) -> None:
+        try:
+            await self.sink.quarantine(raw, reason, received_at, self.peer)
+        except Exception:
+            # Nothing else can be done with these bytes; the connection must live on.
+            log.exception("hj212 sink.quarantine failed for %s (%s)", self.peer, reason)
+
+
+async def handle_http_payload(
+    body: bytes,
+    sink: HJ212Sink,
+    peer: str,
+    *,
+    reassembler: Reassembler | None = None,
+    accept_modbus_swapped: bool = False,
+) -> list[bytes]:
+    """Process one HTTP body holding one or more packets; return the replies due.
+
+    Same path as the TCP server. A last packet without its CRLF is accepted (bodies are
+    often posted without it). Pass a long-lived ``reassembler`` to join split uploads that
+    arrive in separate requests.
+    """
+    received_at = datetime.now(UTC)
+    session = _Session(
+        sink, peer, reassembler=reassembler, accept_modbus_swapped=accept_modbus_swapped
+    )
+    replies = await session.handle(session.framer.feed(body), received_at)
+    replies += await session.handle(session.framer.flush(), received_at)
+    if reassembler is None:
+        # A throwaway reassembler cannot be completed later: quarantine its leftovers now.
+        await session.close(received_at)
+    return replies
+
+
+@dataclass
+class _Limits:
+    max_connections: int
+    idle_timeout: float
+    write_timeout: float
+    max_packet: int
+    max_buffer: int
+    reassembly_timeout: float
+    accept_modbus_swapped: bool
+    active: int = 0
+
+
+async def _connection(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    sink: HJ212Sink,
+    limits: _Limits,
+) -> None:
+    addr = writer.get_extra_info("peername")
+    peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+    if limits.active >= limits.max_connections:
+        log.warning("hj212: refusing %s, %d connections open", peer, limits.active)
+        writer.close()
+        return
+    limits.active += 1
+    session = _Session(
+        sink,
+        peer,
+        framer=Framer(limits.max_packet, limits.max_buffer),
+        reassembler=Reassembler(timeout=limits.reassembly_timeout),
+        accept_modbus_swapped=limits.accept_modbus_swapped,
+    )
+    try:
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: no extra task per read on the hot path.
+                async with asyncio.timeout(limits.idle_timeout):
+                    data = await reader.read(_READ_SIZE)
+            except TimeoutError:
+                log.info("hj212: %s idle for %.0f s, closing", peer, limits.idle_timeout)
+                break
+            if not data:
+                break
+            replies = await session.handle(session.framer.feed(data), datetime.now(UTC))
+            if replies:
+                writer.write(b"".join(replies))
+                # A peer that does not read its acks only stalls its own task, and not forever.
+                async with asyncio.timeout(limits.write_timeout):
+                    await writer.drain()
+    except (ConnectionError, TimeoutError, OSError) as exc:
+        log.info("hj212: %s dropped: %r", peer, exc)
+    except Exception:
+        log.exception("hj212: unexpected error on %s", peer)
+    finally:
+        limits.active -= 1
+        try:
+            await session.close(datetime.now(UTC))
+        except Exception:
+            log.exception("hj212: closing session of %s", peer)
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+
+async def start_hj212_server(
+    host: str,
+    port: int,
+    sink: HJ212Sink,
+    *,
+    max_connections: int = 5000,
+    idle_timeout: float = 900.0,
+    write_timeout: float = 30.0,
+    max_packet: int = HJ212_MAX_FRAME,
+    max_buffer: int = 64 * 1024,
+    reassembly_timeout: float = 120.0,
+    accept_modbus_swapped: bool = False,
+) -> asyncio.Server:
+    """Start listening and return the server (``port=0`` picks a free port).
+
+    Parameters are those of :func:`serve_hj212`.
+    """
+    limits = _Limits(
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        write_timeout=write_timeout,
+        max_packet=max_packet,
+        max_buffer=max_buffer,
+        reassembly_timeout=reassembly_timeout,
+        accept_modbus_swapped=accept_modbus_swapped,
+    )
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _connection(reader, writer, sink, limits)
+
+    return await asyncio.start_server(on_connect, host, port, limit=max_buffer, backlog=1024)
+
+
+async def serve_hj212(
+    host: str,
+    port: int,
+    sink: HJ212Sink,
+    *,
+    max_connections: int = 5000,
+    idle_timeout: float = 900.0,
+    write_timeout: float = 30.0,
+    max_packet: int = HJ212_MAX_FRAME,
+    max_buffer: int = 64 * 1024,
+    reassembly_timeout: float = 120.0,
+    accept_modbus_swapped: bool = False,
+) -> None:
+    """Serve HJ 212 over TCP until cancelled.
+
+    Parameters
+    ----------
+    host, port
+        Where to listen.
+    sink
+        Receives accepted packets and quarantined bytes.
+    max_connections
+        Connections beyond this are closed at once.
+    idle_timeout
+        Seconds without a byte before a connection is closed. Loggers upload at least
+        hourly and many keep the link open, so the default is 15 minutes.
+    write_timeout
+        Seconds a peer may take to read its replies.
+    max_packet, max_buffer
+        Framer caps, see :class:`layers.hj212.Framer`.
+    reassembly_timeout
+        Seconds to wait for the rest of a split upload.
+    accept_modbus_swapped
+        Accept the byte-swapped CRC-16/MODBUS some devices send (flagged as an anomaly).
+    """
+    server = await start_hj212_server(
+        host,
+        port,
+        sink,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        write_timeout=write_timeout,
+        max_packet=max_packet,
+        max_buffer=max_buffer,
+        reassembly_timeout=reassembly_timeout,
+        accept_modbus_swapped=accept_modbus_swapped,
+    )
+    async with server:
+        await server.serve_forever()

@@ -1,0 +1,66 @@
+"""Service settings, read from the environment (``LEADGRID_`` prefix) and ``.env``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DB_PATH = Path("var") / "leadgrid.sqlite"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can configure.
+
+    ``database_url`` selects the backend: ``sqlite:///PATH`` is an embedded SpatiaLite file,
+    ``postgresql+psycopg://user@host/db`` is PostGIS.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LEADGRID_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(default=f"sqlite:///{DEFAULT_DB_PATH}")
+    secret_key: str = Field(
+        default="",
+        description="HMAC key for bearer tokens; generated and kept in var/secret.key when empty",
+    )
+    token_ttl_minutes: int = Field(default=480, ge=1, le=60 * 24 * 30)
+    assign_tolerance_m: float = Field(default=200.0, ge=0, le=5000)
+    near_border_m: float = Field(default=50.0, ge=0, le=1000)
+    lang: str = Field(default="zh", pattern="^(zh|en)$")
+    tiles: str | None = Field(default=None, description="tile URL template; none by default")
+    tiles_attribution: str = "local tiles"
+    tianditu_key: str | None = None
+    amap_key: str | None = None
+    baidu_key: str | None = None
+    max_page_size: int = Field(default=1000, ge=1, le=10000)
+    escalation_interval_s: int = Field(default=300, ge=10)
+    echo_sql: bool = False
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not (value.startswith("sqlite:///") or value.startswith("postgresql")):
+            raise ValueError(
+                f"LEADGRID_DATABASE_URL={value!r}: expected sqlite:///PATH (SpatiaLite) "
+                "or postgresql+psycopg://USER@HOST/DB (PostGIS)"
+            )
+        return value
+
+    @property
+    def backend(self) -> str:
+        """``"spatialite"`` or ``"postgis"``."""
+        return "spatialite" if self.database_url.startswith("sqlite") else "postgis"
+
+    def resolved_secret(self) -> str:
+        """The token signing key; a random one is generated once and kept beside the data."""
+        if self.secret_key:
+            return self.secret_key
+        path = Path("var") / "secret.key"
+        if not path.exists():
+            import secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
