@@ -267,7 +267,7 @@ def intake(
             seen.add(k)
     new = [items[i] for i in fresh]
     assignments = _assign(new, index, tolerance_m, near_border_m, geocoder)
-    urgency_of = dict(session.execute(select(Category.code, Category.urgency)).tuples().all())
+    urgency_of = {code: urg for code, urg in session.execute(select(Category.code, Category.urgency))}
     version_id = int(index.version) if index is not None else None
 
     rows: list[dict[str, Any]] = []

@@ -61,7 +61,7 @@ class Router:
                   r.jurisdiction_code, r.body_code)
             for r in rows
         ]
-        groups = dict(session.execute(select(Category.code, Category.group)).tuples().all())
+        groups = {code: group for code, group in session.execute(select(Category.code, Category.group))}
         return cls(rules, groups)
 
     def route(self, category: str, city: str | None, county: str | None, township: str | None) -> Route:

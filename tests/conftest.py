@@ -176,3 +176,16 @@ def seeded(db: Db, tmp_path: Path) -> Db:
             )
         jurisdictions.activate(s, "tiny", actor="test", now=NOW)
     return db
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hashing() -> Iterator[None]:
+    """Cheap argon2 parameters in tests only; production keeps the library's defaults."""
+    from argon2 import PasswordHasher
+
+    from layers import users
+
+    saved = users._hasher
+    users._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    yield
+    users._hasher = saved
