@@ -536,9 +536,12 @@ def iter_export(session: Session, p: Principal, f: LeadFilter, batch: int = 5000
 def submit(session: Session, items: Sequence[LeadIn], *, actor: str, now: datetime,
            tolerance_m: float = 200.0, near_border_m: float = 50.0) -> list[Outcome]:
     """:func:`intake` against the active boundary version and the routing rules in force."""
-    from layers.jurisdictions import INDEX_CACHE, geocoder_for
+    from layers.geocoder import resolver_for
+    from layers.jurisdictions import INDEX_CACHE
 
     index = INDEX_CACHE.get(session)
+    needs_address = any(it.address for it in items)
+    resolver = resolver_for(session) if index is not None and needs_address else None
     return intake(session, items, actor=actor, now=now, index=index, router=Router.load(session),
                   tolerance_m=tolerance_m, near_border_m=near_border_m,
-                  geocoder=geocoder_for(session) if index is not None else None)
+                  geocoder=Geocoder(resolver) if resolver is not None else None)

@@ -100,16 +100,14 @@ def migrated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         yield Db(backend, url, engine, session_factory(engine))
 
 
-TABLES = ["audit_events", "audit_head", "dispatches", "leads", "monitoring_points", "routing_rules",
-          "users", "jurisdictions", "boundary_versions", "categories", "bodies"]
-
-
 @pytest.fixture
 def db(migrated: Db, tmp_path: Path) -> Iterator[Db]:
     """An empty, migrated database of the current backend, private to one test."""
+    from layers import geocoder
     from layers.jurisdictions import INDEX_CACHE
 
     INDEX_CACHE.clear()
+    geocoder.clear()
     if migrated.backend == "spatialite":
         path = tmp_path / "leadgrid.sqlite"
         shutil.copy(migrated.url.removeprefix("sqlite:///"), path)
@@ -120,8 +118,12 @@ def db(migrated: Db, tmp_path: Path) -> Iterator[Db]:
     else:
         yield migrated
         with migrated.engine.begin() as c:
-            c.execute(text("TRUNCATE " + ", ".join(TABLES) + " RESTART IDENTITY CASCADE"))
+            names = [t for t in c.execute(text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename NOT IN ('alembic_version', 'spatial_ref_sys')")).scalars()]
+            c.execute(text("TRUNCATE " + ", ".join(f'"{n}"' for n in names) + " RESTART IDENTITY CASCADE"))
     INDEX_CACHE.clear()
+    geocoder.clear()
 
 
 # Tiny literal layer near Xuzhou (lon 117, lat 34): a city made of two counties sharing the
