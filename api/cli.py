@@ -166,6 +166,8 @@ def leads_import(
     channel: Annotated[str | None, typer.Option(help="channel for rows without one")] = None,
     datum: Annotated[str | None, typer.Option(help="datum for rows without one")] = None,
     sheet: Annotated[str | None, typer.Option(help="Excel sheet")] = None,
+    category: Annotated[str | None, typer.Option(help="category for rows without one")] = None,
+    tz: Annotated[str, typer.Option("--tz", help="time zone of times without an offset")] = "Asia/Shanghai",
 ) -> None:
     """Import leads from CSV or Excel; bad rows go to PATH.errors.csv, good rows are stored."""
     c = _ctx()
@@ -176,7 +178,8 @@ def leads_import(
     with _progress() as bar:
         task = bar.add_task(f"importing {path.name}", total=None)
         summary = lead_import.import_file(
-            c.uow, path, mapping=mapping, channel=channel, datum=datum, actor="cli", now=now,
+            c.uow, path, mapping=mapping, channel=channel, datum=datum, category=category, tz=tz,
+            actor="cli", now=now,
             submit=submit, sheet=sheet, progress=lambda n, total: bar.update(task, completed=n, total=total),
         )
     typer.echo(json.dumps({"rows": summary.rows, "created": summary.created, "existing": summary.existing,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 from sqlalchemy import select
@@ -90,6 +91,8 @@ def import_file(
     mapping: Mapping[str, str],
     channel: str | None,
     datum: str | None,
+    category: str | None = None,
+    tz: str = "Asia/Shanghai",
     actor: str,
     now: datetime,
     submit: Callable[..., list[leads.Outcome]],
@@ -108,8 +111,10 @@ def import_file(
         The file.
     mapping
         target → source column; unmapped targets are read from a column of the same name.
-    channel, datum
+    channel, datum, category
         Defaults for rows without their own.
+    tz
+        Time zone of date-times without an offset (an IANA name such as ``America/New_York``).
     actor, now
         Audited submitter and receipt time.
     submit
@@ -124,6 +129,10 @@ def import_file(
     ImportSummary
         Counts and errors; errors are also written to ``<input>.errors.csv``.
     """
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise Invalid("--tz", tz, "an IANA time zone such as Asia/Shanghai") from None
     table = read_table(path, sheet=sheet)
     for target, source in mapping.items():
         if source not in table.columns:
@@ -140,7 +149,8 @@ def import_file(
         for offset, rec in enumerate(records[start:start + CHUNK]):
             raw = {t: rec.get(c) for t, c in columns.items()}
             try:
-                good.append(leads.validate_lead(raw, channel=channel, datum=datum, categories=cats, now=now))
+                good.append(leads.validate_lead(raw, channel=channel, datum=datum, category=category,
+                                                categories=cats, now=now, tz=tz))
             except Invalid as exc:
                 value = str(raw.get(exc.field, exc.detail.get("value", "")))
                 summary.errors.append(RowError(start + offset + 2, exc.field, value, exc.message))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -88,7 +89,7 @@ def _float(name: str, v: Any) -> float | None:
     return out
 
 
-def _datetime(name: str, v: Any) -> datetime:
+def _datetime(name: str, v: Any, tz: str = "Asia/Shanghai") -> datetime:
     if isinstance(v, datetime):
         dt = v
     elif _blank(v):
@@ -100,14 +101,13 @@ def _datetime(name: str, v: Any) -> datetime:
             raise Invalid(name, v, "an ISO 8601 date-time such as 2026-05-01T08:30:00+08:00") from None
     if dt.tzinfo is None:
         # Local reports carry local time: Beijing time is the documented default.
-        from zoneinfo import ZoneInfo
-
-        dt = dt.replace(tzinfo=ZoneInfo("Asia/Shanghai"))
+        dt = dt.replace(tzinfo=ZoneInfo(tz))
     return dt.astimezone(UTC)
 
 
 def validate_lead(raw: Mapping[str, Any], *, channel: str | None = None, datum: str | None = None,
-                  categories: set[str] | None = None, now: datetime | None = None) -> LeadIn:
+                  category: str | None = None, categories: set[str] | None = None,
+                  now: datetime | None = None, tz: str = "Asia/Shanghai") -> LeadIn:
     """Check one raw lead (from CSV, Excel or JSON) and return a :class:`LeadIn`.
 
     Parameters
@@ -115,8 +115,10 @@ def validate_lead(raw: Mapping[str, Any], *, channel: str | None = None, datum: 
     raw
         Field → value; targets ``external_id, channel, category, reported_at, description,
         address, lon, lat, datum, urgency, complainant_name, complainant_phone, public``.
-    channel, datum
+    channel, datum, category
         Defaults for rows that do not carry their own.
+    tz
+        Time zone of date-times written without an offset (Beijing time by default).
     categories
         Known category codes (checked when given).
     now
@@ -143,7 +145,7 @@ def validate_lead(raw: Mapping[str, Any], *, channel: str | None = None, datum: 
         ext = str(int(raw["external_id"]))
     if len(ext) > 120:
         raise Invalid("external_id", ext, "at most 120 characters")
-    cat = raw.get("category")
+    cat = raw.get("category") if not _blank(raw.get("category")) else category
     if _blank(cat):
         raise Invalid("category", cat, "a category code (see GET /categories)")
     cat = str(cat).strip()
@@ -170,7 +172,7 @@ def validate_lead(raw: Mapping[str, Any], *, channel: str | None = None, datum: 
             raise Invalid("lat", lat, "a latitude between -90 and 90")
     if lon is None and not addr:
         raise Invalid("lon/lat", None, "a point (lon, lat) or an address")
-    reported = _datetime("reported_at", raw.get("reported_at"))
+    reported = _datetime("reported_at", raw.get("reported_at"), tz)
     if now is not None and (reported - now).total_seconds() > 86400:
         raise Invalid("reported_at", reported.isoformat(), "a time not in the future")
     urg = raw.get("urgency")
@@ -327,6 +329,9 @@ def intake(
     for start in range(0, len(dispatch_rows), 5000):
         session.execute(insert(Dispatch), dispatch_rows[start:start + 5000])
     audit.record(session, events)
+    from layers.workflow import service as workflow  # local: the workflow imports this module
+
+    workflow.open_cases(session, ids, now=now)  # node clocks and due times, same unit of work
 
     created = {fresh[j]: (ids[j], rows[j], assignments[j]) for j in range(len(fresh))}
     by_key = {(rows[j]["channel"], rows[j]["external_id"]): (ids[j], rows[j]["code"]) for j in range(len(fresh))}
