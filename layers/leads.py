@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Select, and_, func, insert, select, tuple_
+from sqlalchemy import Select, and_, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from geo import crs as gcrs
@@ -49,6 +49,8 @@ class Channel(StrEnum):
 
 
 URGENCIES = ("normal", "urgent", "emergency")
+LEAD_TABLE = Lead.__table__
+DISPATCH_TABLE = Dispatch.__table__
 MAX_DESCRIPTION = 4000
 OPEN_STATES = ("received", "dispatched", "signed", "in_progress", "rectified", "verified",
                "feedback", "return_visit", "returned")
@@ -308,7 +310,8 @@ def intake(
     ids: list[int] = []
     for start in range(0, len(rows), 2000):
         result = session.execute(
-            insert(Lead).returning(Lead.id, sort_by_parameter_order=True), rows[start:start + 2000]
+            # Core (not ORM-bulk) insert: one multi-row statement per batch via insertmanyvalues.
+            LEAD_TABLE.insert().returning(LEAD_TABLE.c.id, sort_by_parameter_order=True), rows[start:start + 2000]
         )
         ids.extend(int(r[0]) for r in result)
     dispatch_rows = []
@@ -327,7 +330,7 @@ def intake(
                                         "county_code", "body_code", "assign_method", "status")},
         ))
     for start in range(0, len(dispatch_rows), 5000):
-        session.execute(insert(Dispatch), dispatch_rows[start:start + 5000])
+        session.execute(DISPATCH_TABLE.insert(), dispatch_rows[start:start + 5000])
     audit.record(session, events)
     from layers.workflow import service as workflow  # local: the workflow imports this module
 
@@ -393,17 +396,22 @@ def _assign(items: Sequence[LeadIn], index: BoundaryIndex | None, tolerance_m: f
             out[i].update(lon=float(slon[j]), lat=float(slat[j]), precision="point", confidence=1.0)
         if index is not None:
             res = assign_points(index, slon, slat, tolerance_m=tolerance_m, near_border_m=near_border_m)
+            # Column lists, not DataFrame rows: .iloc per row costs more than the assignment itself.
+            cols = {c: res[c].tolist() for c in ("city_code", "county_code", "township_code", "method",
+                                                 "reason", "distance_m", "candidates", "review")}
             for j, i in enumerate(with_point):
-                r = res.iloc[j]
-                method = str(r["method"])
-                review = bool(r["review"]) or method == Method.unassigned.value
+                method = str(cols["method"][j])
+                near = bool(cols["review"][j])
+                dist = cols["distance_m"][j]
+                cands = cols["candidates"][j]
                 out[i].update(
-                    city_code=_none_if_nan(r["city_code"]), county_code=_none_if_nan(r["county_code"]),
-                    township_code=_none_if_nan(r["township_code"]), method=method, reason=str(r["reason"]),
-                    distance_m=_none_if_nan(float(r["distance_m"])) if r["distance_m"] is not None else None,
-                    candidates=list(r["candidates"]) if r["candidates"] is not None else [],
-                    review=review,
-                    review_reason=_review_reason(bool(r["review"]), method),
+                    city_code=_none_if_nan(cols["city_code"][j]), county_code=_none_if_nan(cols["county_code"][j]),
+                    township_code=_none_if_nan(cols["township_code"][j]), method=method,
+                    reason=str(cols["reason"][j]),
+                    distance_m=None if dist is None else _none_if_nan(float(dist)),
+                    candidates=list(cands) if cands is not None else [],
+                    review=near or method == Method.unassigned.value,
+                    review_reason=_review_reason(near, method),
                 )
     if geocoder is not None and geocoder.resolve is not None and index is not None:
         for i, it in enumerate(items):
