@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
-from api import errors
-from api.routers import jurisdictions, leads, reference, system, users
+from api import errors, limits
+from api.routers import (
+    boundaries,
+    exports,
+    jurisdictions,
+    leads,
+    maps,
+    nearby,
+    open311,
+    public,
+    reference,
+    system,
+    users,
+    workflow,
+)
+from api.routers import monitoring as monitoring_routes
 from layers import leads as lead_store
 from layers.db import Session, make_engine, session_factory
 from layers.leads import LeadIn
 from layers.settings import Settings
+from maps.assets import ASSET_URL_PREFIX, asset_root, missing_assets
+
+log = logging.getLogger("leadgrid")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,9 +47,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings)
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
+        # Periodic escalation only where asked (``leadgrid serve``), never in tests' clients.
+        escalation = (asyncio.create_task(workflow.escalation_loop(app, settings.escalation_interval_s))
+                      if getattr(app.state, "escalate_periodically", False) else None)
         try:
             yield
         finally:
+            if escalation is not None:
+                escalation.cancel()
+                with suppress(asyncio.CancelledError):
+                    await escalation
             engine.dispose()
 
     app = FastAPI(
@@ -49,6 +76,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.state.intake = partial(intake)
     errors.install(app)
-    for r in (system.router, leads.router, jurisdictions.router, reference.router, users.router):
+    limits.install(app)
+    # nearby before leads: /leads/nearby must match before /leads/{ref}.
+    for r in (system.router, nearby.router, leads.router, jurisdictions.router, reference.router, users.router,
+              open311.router, public.router, exports.router, maps.router, workflow.router, boundaries.router,
+              monitoring_routes.router):
         app.include_router(r)
+    _mount_map_assets(app)
     return app
+
+
+def _mount_map_assets(app: FastAPI) -> None:
+    """Serve the maps' JS/CSS ourselves (offline networks); warn, never crash, when missing."""
+    missing = missing_assets()
+    if missing:
+        # The API stays useful without maps; the map pages then load without Leaflet.
+        log.error("map assets missing under %s (%s ...): run scripts/assets.sh; map pages will not draw",
+                  asset_root(), ", ".join(missing[:3]))
+    if asset_root().is_dir():
+        app.mount(ASSET_URL_PREFIX, StaticFiles(directory=asset_root()), name="vendor")

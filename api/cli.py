@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from api import cli_monitoring, cli_workflow
+from api.cli_boundaries import app as boundaries_app
 from layers import audit, demo, jurisdictions, lead_import, leads, migrate, routing, users
 from layers.db import make_engine, session_factory, unit_of_work
 from layers.errors import DomainError
@@ -25,13 +27,16 @@ app = typer.Typer(help="leadgrid: supervision of pollution-prevention leads", no
                   pretty_exceptions_enable=False)
 db_app = typer.Typer(help="database schema", no_args_is_help=True)
 users_app = typer.Typer(help="users and roles", no_args_is_help=True)
-boundaries_app = typer.Typer(help="boundary layers", no_args_is_help=True)
 leads_app = typer.Typer(help="bulk lead import and export", no_args_is_help=True)
 demo_app = typer.Typer(help="demo data", no_args_is_help=True)
 audit_app = typer.Typer(help="audit trail", no_args_is_help=True)
 for sub, name in ((db_app, "db"), (users_app, "users"), (boundaries_app, "boundaries"),
                   (leads_app, "leads"), (demo_app, "demo"), (audit_app, "audit")):
     app.add_typer(sub, name=name)
+app.add_typer(cli_workflow.calendar_app, name="calendar")
+app.add_typer(cli_monitoring.monitoring_app, name="monitoring")
+app.add_typer(cli_monitoring.hj212_app, name="hj212")
+app.command("escalate")(cli_workflow.escalate)
 
 err = Console(stderr=True)
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -107,56 +112,6 @@ def users_add(
     with c.uow() as s:
         u = users.add_user(s, username, password, role, scope_codes=scope, scope_bodies=body)
         typer.echo(f"created {u.username} roles={u.roles} scope={u.scope_codes + u.scope_bodies or 'city'}")
-
-
-@boundaries_app.command("import")
-def boundaries_import(
-    path: Path,
-    level: Annotated[str, typer.Option(help="city|county|township")],
-    map_: Annotated[str, typer.Option("--map", help="code=FIELD,name=FIELD[,parent=FIELD]")],
-    layer: Annotated[str, typer.Option(help="name of the staged version to add this level to")],
-    datum: Annotated[str, typer.Option(help="wgs84|cgcs2000|gcj02|bd09")] = "cgcs2000",
-    gpkg_layer: Annotated[str | None, typer.Option(help="layer inside a GeoPackage")] = None,
-    encoding: Annotated[str | None, typer.Option(help="Shapefile attribute encoding, e.g. gbk")] = None,
-    activate: Annotated[bool, typer.Option("--activate", help="activate the layer after this import")] = False,
-) -> None:
-    """Import one level of a boundary file into a staged layer."""
-    c = _ctx()
-    now = datetime.now(UTC)
-    with _progress() as bar, c.uow() as s:
-        task = bar.add_task(f"importing {path.name}", total=None)
-        rep = jurisdictions.import_layer(
-            s, path, level=level, datum=datum, mapping=map_, layer=layer, actor="cli", now=now,
-            gpkg_layer=gpkg_layer, encoding=encoding,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
-        if activate:
-            jurisdictions.activate(s, layer, actor="cli", now=now)
-    for w in rep.warnings:
-        err.print(f"[yellow]warning[/yellow] {w}")
-    if rep.parents_inferred:
-        err.print(f"parents inferred by largest area share for {len(rep.parents_inferred)} features")
-    typer.echo(json.dumps({"layer": rep.layer, "version": rep.version_id, "level": rep.level,
-                           "features": rep.features, "activated": activate,
-                           "parents_inferred": rep.parents_inferred}, ensure_ascii=False))
-
-
-@boundaries_app.command("activate")
-def boundaries_activate(layer: str) -> None:
-    """Make a staged layer the active one."""
-    c = _ctx()
-    with c.uow() as s:
-        v = jurisdictions.activate(s, layer, actor="cli", now=datetime.now(UTC))
-    typer.echo(f"active: {v.layer} (version {v.id})")
-
-
-@boundaries_app.command("list")
-def boundaries_list() -> None:
-    """List boundary versions."""
-    c = _ctx()
-    with c.uow() as s:
-        for v in jurisdictions.list_versions(s):
-            typer.echo(f"{v.id}\t{v.layer}\t{v.status}\t{v.datum}\t{v.activated_at or ''}")
 
 
 @leads_app.command("import")
@@ -261,7 +216,9 @@ def serve(host: str = "127.0.0.1",
 
     from api.app import create_app
 
-    uvicorn.run(create_app(Settings()), host=host, port=port, log_level="info")
+    application = create_app(Settings())
+    application.state.escalate_periodically = True  # escalation passes every escalation_interval_s
+    uvicorn.run(application, host=host, port=port, log_level="info")
 
 
 def main() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from geo.crs import CoordinateError, DatumError
 from layers.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Unauthorized
 
 STATUS: list[tuple[type[Exception], int]] = [
@@ -45,11 +48,20 @@ def install(app: FastAPI) -> None:
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return JSONResponse({"detail": summary, "errors": errors}, status_code=422)
 
+    async def coordinates(_: Request, exc: Exception) -> JSONResponse:
+        # geo raises these for points that leave the valid range only after a datum conversion
+        # (BD-09 near ±180°), past the edge's own range checks.
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
     for cls, _code in STATUS:
         app.add_exception_handler(cls, domain)
+    app.add_exception_handler(CoordinateError, coordinates)
+    app.add_exception_handler(DatumError, coordinates)
     app.add_exception_handler(RequestValidationError, validation)  # type: ignore[arg-type]
 
 
 def _short(value: object) -> object:
     text = repr(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return text  # JSON has no NaN or Infinity: echoing them raw would turn a 422 into a 500
     return value if len(text) <= 120 and isinstance(value, str | int | float | None) else text[:117] + "..."

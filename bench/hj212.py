@@ -13,7 +13,15 @@ has a distinct storage key and "stored exactly once" can be checked by counting 
 Printed: packets/s accepted, ack latency percentiles, and sent / stored / quarantined / lost,
 where lost = sent - stored - quarantined (must be 0).
 
+With ``--db spatialite`` or ``--db postgis`` the server stores through ``layers.monitoring.DbSink``
+instead of memory: a fresh database (a temporary SpatiaLite file, or a new PostGIS database
+made from ``LEADGRID_TEST_POSTGRES_URL`` and dropped afterwards) is migrated, every simulated
+device is registered as a monitoring point with a TSP limit (100, minute data, 3 in a row), so
+the exceedance engine and lead intake run too, and stored / quarantined are counted in the
+database. An ack then means "committed".
+
     .venv/bin/python bench/hj212.py --devices 1000 --seconds 60
+    .venv/bin/python bench/hj212.py --devices 1000 --seconds 60 --db postgis
 """
 
 from __future__ import annotations
@@ -23,8 +31,13 @@ import asyncio
 import contextlib
 import functools
 import multiprocessing as mp
+import os
+import shutil
 import sys
+import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
@@ -32,8 +45,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sqlalchemy import func, select
+
 from api.hj212_server import InMemorySink, start_hj212_server
 from layers.hj212 import build_packet, format_cp, format_datatime
+from layers.models import Lead
+from layers.monitoring_store import MonitoringQuarantine
 
 POLLUTANTS = ("a34001", "a34002", "a34004")  # TSP, PM10, PM2.5: a dust monitor (ST=39)
 START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -47,6 +64,55 @@ def _use_uvloop(flag: bool) -> None:
 
 
 # -- server process ----------------------------------------------------------------------------
+
+
+def _db_server_main(conn: Connection, uvloop: bool, url: str, devices: int, batch: int, delay: float) -> None:
+    _use_uvloop(uvloop)
+    from layers import migrate, monitoring, routing
+    from layers.db import make_engine, session_factory, unit_of_work
+    from layers.exceedance import parse_limits
+    from layers.settings import Settings
+
+    engine = make_engine(Settings(database_url=url))
+    migrate.upgrade(engine)
+    sessions = session_factory(engine)
+    with unit_of_work(sessions) as s:
+        routing.seed(s, Path(__file__).resolve().parents[1] / "data", now=START)
+        limits = parse_limits({"a34001": {"limit": 100, "unit": "ug/m3", "period": "minute", "consecutive": 3}})
+        monitoring.upsert_points(s, [
+            monitoring.PointIn(mn=f"BENCH{n:06d}", name=f"bench {n}", lon=117.0 + n * 1e-4, lat=34.2,
+                               kind="dust", limits=limits) for n in range(devices)], actor="bench", now=START)
+    sink = monitoring.DbSink(sessions, batch_size=batch, max_delay=delay)
+
+    async def main() -> None:
+        server = await start_hj212_server("127.0.0.1", 0, sink, max_connections=100_000)
+        conn.send(server.sockets[0].getsockname()[1])
+        loop = asyncio.get_running_loop()
+        async with server:
+            await loop.run_in_executor(None, conn.recv)  # "stop"
+            server.close()
+            await asyncio.sleep(1.0)
+        await sink.close()
+        with unit_of_work(sessions) as s:
+            counts = monitoring.stored_counts(s)
+            leads_n = s.scalar(select(func.count(Lead.id))) or 0
+            reasons = sorted({k for (k,) in s.execute(select(MonitoringQuarantine.kind).distinct())})
+        conn.send(
+            {
+                "packets": sink.totals.packets,
+                "readings": counts["readings"],
+                "distinct_reading_keys": counts["readings"],  # the unique key makes them distinct
+                "duplicates": sink.totals.readings_duplicate,
+                "quarantined": counts["quarantine"],
+                "quarantine_reasons": reasons,
+                "batches": sink.batches,
+                "episodes": counts["episodes"],
+                "leads": int(leads_n),
+            }
+        )
+
+    asyncio.run(main())
+    engine.dispose()
 
 
 def _server_main(conn: Connection, uvloop: bool) -> None:
@@ -169,6 +235,30 @@ def _client_main(
     conn.send(stats)
 
 
+def _fresh_database(kind: str, cleanup: list[Callable[[], None]]) -> str:
+    if kind == "spatialite":
+        folder = Path(tempfile.mkdtemp(prefix="leadgrid-bench-"))
+        cleanup.append(lambda: shutil.rmtree(folder, ignore_errors=True))
+        return f"sqlite:///{folder / 'bench.sqlite'}"
+    admin_url = os.environ.get("LEADGRID_TEST_POSTGRES_URL")
+    if not admin_url:
+        raise SystemExit("--db postgis needs LEADGRID_TEST_POSTGRES_URL (a server where databases can be created)")
+    from sqlalchemy import create_engine, text
+
+    name = f"leadgrid_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    cleanup.append(drop)
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -183,11 +273,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-procs", type=int, default=1)
     ap.add_argument("--bad-every", type=int, default=10, help="0 disables corrupted packets")
     ap.add_argument("--uvloop", action="store_true", help="run the server on uvloop")
+    ap.add_argument("--db", choices=("spatialite", "postgis"), help="store with DbSink in a fresh database")
+    ap.add_argument("--batch", type=int, default=500, help="DbSink batch size")
+    ap.add_argument("--delay-ms", type=float, default=200, help="DbSink longest batch wait")
     args = ap.parse_args(argv)
 
     ctx = mp.get_context("spawn")
     srv_conn, srv_child = ctx.Pipe()
-    server = ctx.Process(target=_server_main, args=(srv_child, args.uvloop))
+    cleanup: list[Callable[[], None]] = []
+    if args.db:
+        url = _fresh_database(args.db, cleanup)
+        server = ctx.Process(target=_db_server_main, args=(srv_child, args.uvloop, url, args.devices,
+                                                           args.batch, args.delay_ms / 1000))
+    else:
+        server = ctx.Process(target=_server_main, args=(srv_child, args.uvloop))
     server.start()
     port = srv_conn.recv()
 
@@ -223,19 +322,25 @@ def main(argv: list[str] | None = None) -> int:
     srv_conn.send("stop")
     result = srv_conn.recv()
     server.join()
+    for undo in cleanup:
+        undo()
 
     sent = stats.sent_good + stats.sent_bad
     stored = result["packets"]
     quarantined = result["quarantined"]
     lost = sent - stored - quarantined
     lat_ms = [x * 1000 for x in stats.latencies]
-    print(f"devices            {args.devices} over {elapsed:.1f} s (server uvloop={args.uvloop})")
+    print(f"devices            {args.devices} over {elapsed:.1f} s (server uvloop={args.uvloop}, "
+          f"storage {args.db or 'memory'})")
     print(f"sent               {sent} ({stats.sent_good} valid, {stats.sent_bad} corrupted CRC)")
     print(
         f"stored             {stored} packets, {result['readings']} readings "
         f"({result['distinct_reading_keys']} distinct keys, {result['duplicates']} duplicates)"
     )
     print(f"quarantined        {quarantined} {result['quarantine_reasons']}")
+    if args.db:
+        print(f"database           {result['batches']} transactions (batch {args.batch}, "
+              f"wait {args.delay_ms:g} ms); {result['episodes']} exceedance episodes, {result['leads']} leads")
     print(f"lost               {lost}")
     print(
         f"acked              {stats.acked} "

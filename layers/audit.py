@@ -112,7 +112,7 @@ def record(session: Session, events: Iterable[EventIn]) -> int:
         row["hash"] = prev = _digest(row["prev_hash"], seq, row)
         rows.append(row)
     if rows:
-        session.execute(AuditEvent.__table__.insert(), rows)
+        session.execute(AuditEvent.metadata.tables["audit_events"].insert(), rows)
         session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
     return len(rows)
 

@@ -192,15 +192,24 @@ def create_users(session: Session) -> list[Credential]:
 
 def demo_leads(index: Any, n: int, now: datetime) -> list[leads.LeadIn]:
     """``n`` realistic leads over the city: hotspots around towns plus background noise."""
+    from geo.assign import assign
+
     rng = np.random.default_rng(SEED + 1)
     minx, miny, maxx, maxy = index.bounds
     # A few hotspots (the old town, industrial parks, a county seat) and a diffuse background.
     centres = np.array([[117.19, 34.27], [117.30, 34.22], [117.56, 34.40], [117.96, 34.33],
                         [118.35, 34.37], [116.60, 34.70], [116.93, 34.73], [117.20, 34.05]])
-    k = rng.integers(0, len(centres), n)
-    hot = rng.random(n) < 0.65
-    lon = np.where(hot, centres[k, 0] + rng.normal(0, 0.04, n), rng.uniform(minx, maxx, n))
-    lat = np.where(hot, centres[k, 1] + rng.normal(0, 0.03, n), rng.uniform(miny, maxy, n))
+    m = 3 * n  # candidates; the background is drawn inside the city, not over its bounding box
+    k = rng.integers(0, len(centres), m)
+    hot = rng.random(m) < 0.65
+    cand_lon = np.where(hot, centres[k, 0] + rng.normal(0, 0.04, m), rng.uniform(minx, maxx, m))
+    cand_lat = np.where(hot, centres[k, 1] + rng.normal(0, 0.03, m), rng.uniform(miny, maxy, m))
+    inside = (assign(index, cand_lon, cand_lat, tolerance_m=0.0, near_border_m=0.0).method != "unassigned").to_numpy()
+    # Keep a few strays (GPS drift, a report from just over the city line) for the dispatcher's queue.
+    stray = ~inside & (rng.random(m) < 0.01)
+    keep = np.flatnonzero(inside | stray)[:n]
+    lon, lat = cand_lon[keep], cand_lat[keep]
+    n = len(keep)
     cats = list(CATEGORY_WEIGHTS)
     cw = np.array(list(CATEGORY_WEIGHTS.values()))
     cat = rng.choice(cats, n, p=cw / cw.sum())
@@ -231,9 +240,22 @@ def load_leads(session: Session, n: int, *, now: datetime) -> int:
     if index is None:
         raise RuntimeError("no active boundary layer; load the demo boundaries first")
     items = demo_leads(index, n, now)
-    outcomes = leads.intake(session, items, actor="demo", now=now, index=index,
-                            router=Router.load(session))
-    created = [o for o in outcomes if o.created]
+    router = Router.load(session)
+    # Take the leads in day by day, each day at its own time, so deadlines fall where they would
+    # have and the status maps show real overdue cases.
+    by_day: dict[str, list[leads.LeadIn]] = {}
+    for it in items:
+        by_day.setdefault(it.reported_at.strftime("%Y-%m-%d"), []).append(it)
+    created: list[leads.Outcome] = []
+    received: dict[int, datetime] = {}
+    for day in sorted(by_day):
+        batch = by_day[day]
+        at = min(max(it.reported_at for it in batch) + timedelta(minutes=10), now)
+        outs = leads.intake(session, batch, actor="demo", now=at, index=index, router=router)
+        for o in outs:
+            if o.created:
+                created.append(o)
+                received[o.lead_id] = at
     # Give the demo a spread of disposal states so the status maps have something to show.
     rng = np.random.default_rng(SEED + 2)
     states = list(STATUS_WEIGHTS)
@@ -244,7 +266,13 @@ def load_leads(session: Session, n: int, *, now: datetime) -> int:
         chosen = [i for i, s in zip(ids, picks, strict=True) if s == state]
         for start in range(0, len(chosen), 900):
             session.execute(update(Lead).where(Lead.id.in_(chosen[start:start + 900]))
-                            .values(status=state, closed_at=now if state == "closed" else None))
+                            .values(status=state))
+        if state == "closed":
+            # Closed a few days after receipt: most on time, some late (the KPIs need both).
+            closing = rng.exponential(6, len(chosen))
+            for lead_id, days in zip(chosen, closing, strict=True):
+                session.execute(update(Lead).where(Lead.id == lead_id).values(
+                    closed_at=min(received[lead_id] + timedelta(days=float(days)), now)))
     return len(created)
 
 

@@ -49,8 +49,8 @@ class Channel(StrEnum):
 
 
 URGENCIES = ("normal", "urgent", "emergency")
-LEAD_TABLE = Lead.__table__
-DISPATCH_TABLE = Dispatch.__table__
+LEAD_TABLE = Lead.metadata.tables["leads"]
+DISPATCH_TABLE = Dispatch.metadata.tables["dispatches"]
 MAX_DESCRIPTION = 4000
 OPEN_STATES = ("received", "dispatched", "signed", "in_progress", "rectified", "verified",
                "feedback", "return_visit", "returned")
@@ -307,13 +307,19 @@ def intake(
             "created_at": now, "updated_at": now, "row_version": 1,
         })
 
-    ids: list[int] = []
-    for start in range(0, len(rows), 2000):
-        result = session.execute(
-            # Core (not ORM-bulk) insert: one multi-row statement per batch via insertmanyvalues.
-            LEAD_TABLE.insert().returning(LEAD_TABLE.c.id, sort_by_parameter_order=True), rows[start:start + 2000]
-        )
-        ids.extend(int(r[0]) for r in result)
+    # Plain executemany, then read the ids back by key: RETURNING with a guaranteed row order
+    # makes SQLAlchemy fall back to one INSERT per row on SQLite.
+    for start in range(0, len(rows), 5000):
+        session.execute(LEAD_TABLE.insert(), rows[start:start + 5000])
+    id_of: dict[tuple[str, str], int] = {}
+    new_keys = [(r["channel"], r["external_id"]) for r in rows]
+    for start in range(0, len(new_keys), 500):
+        chunk = new_keys[start:start + 500]
+        for got in session.execute(
+            select(Lead.channel, Lead.external_id, Lead.id).where(tuple_(Lead.channel, Lead.external_id).in_(chunk))
+        ):
+            id_of[(got.channel, got.external_id)] = int(got.id)
+    ids = [id_of[k] for k in new_keys]
     dispatch_rows = []
     events = []
     for lead_id, stored in zip(ids, rows, strict=True):
@@ -498,7 +504,7 @@ def list_leads(session: Session, p: Principal, f: LeadFilter, *, page: int = 1,
 def get_lead(session: Session, p: Principal, ref: str) -> Lead:
     """One lead by code or numeric id; :class:`NotFound` when absent *or* out of scope."""
     cond = Lead.code == ref
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit() and int(ref) <= 2_147_483_647:  # 32-bit ids; "²" is a digit too
         cond = cond | (Lead.id == int(ref))
     lead = session.scalar(select(Lead).where(cond, lead_scope_clause(p)))
     if lead is None:

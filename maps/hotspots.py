@@ -21,6 +21,7 @@ from geo.hotspots import (
     township_hotspots,
 )
 from maps.canvas import (
+    MapInputError,
     add_boundaries,
     bounds_of,
     esc,
@@ -80,6 +81,7 @@ def render_hotspots(
     *,
     crs: CRS | int | str = 4527,
     cell_size: float | None = None,
+    unit: str | None = None,
     lang: str | Lang = "zh",
     tiles: str | None = None,
     attribution: str | None = None,
@@ -96,6 +98,9 @@ def render_hotspots(
         Metric CRS for the grid (CGCS2000 GK zone 39 for Xuzhou).
     cell_size : float, optional
         Grid cell in metres; chosen from the data when omitted.
+    unit : {'township', 'grid'}, optional
+        Which aggregation is shown when the map opens (the other one stays in the layer
+        control). By default the townships, unless they show no significant class.
     lang : {'zh', 'en'}, default 'zh'
     tiles, attribution : str, optional
 
@@ -106,6 +111,8 @@ def render_hotspots(
         for any aggregation with fewer than ``MIN_FEATURES`` features.
     """
     lg = parse_lang(lang)
+    if unit not in (None, "township", "grid"):
+        raise MapInputError(f"unit={unit!r}; allowed: 'township', 'grid'")
     lon, lat = leads.geometry.x.to_numpy(), leads.geometry.y.to_numpy()
     m = new_map(bounds_of(townships, leads), tiles=tiles, attribution=attribution)
     add_boundaries(m, townships, lang=lg)
@@ -114,6 +121,8 @@ def render_hotspots(
     notes = []
     # Show the grid first when townships are too coarse to show any significant class.
     town_sig = town.enough and bool((town.features["gi_bin"] != 0).any())
+    if unit is not None:
+        town_sig = unit == "township"
     for res, key, show, col in (
         (town, "hot_townships", town_sig, "name"),
         (grid, "hot_grid", not town_sig, None),

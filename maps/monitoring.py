@@ -14,6 +14,7 @@ from maps.canvas import (
     finish,
     legend,
     new_map,
+    notice,
     popup_table,
     require_columns,
 )
@@ -79,6 +80,9 @@ def render_monitoring(
                 }
             )
         PointLayer(pts, f"{label(st, lg)} ({len(sub)})").add_to(m)
+    if len(points) == 0:
+        # an empty map must not look like "all fine"
+        notice(label("no_points", lg)).add_to(m)
     legend(
         label("legend_monitoring", lg),
         [(MONITORING_COLORS[s], label(s, lg)) for s in ("normal", "exceeding", "missing", "offline")],

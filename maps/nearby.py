@@ -16,6 +16,7 @@ from maps.canvas import (
     PointLayer,
     esc,
     finish,
+    legend,
     new_map,
     popup_table,
     require_columns,
@@ -165,4 +166,11 @@ def render_nearby(
     head = f"<h4>{esc(label('nearby_cases', lg))} ({len(near)}) · {esc(label('radius', lg))} {radius_m:,.0f} m</h4>"
     table = f"<table>{''.join(items)}</table>" if items else f"<div>{esc(label('no_cases', lg))}</div>"
     Control(head + table, position="bottomleft", role="list").add_to(m)
+    # the statuses present, and the staff marker, so the colours need no guessing
+    present = [s for s in STATUSES if (near["status"].where(near["status"].isin(STATUSES), "other") == s).any()]
+    legend(
+        label("legend_status", lg),
+        [("#08519c", label("staff", lg))] + [(STATUS_COLORS[s], label(s, lg)) for s in present],
+        dots=True,
+    ).add_to(m)
     return finish(m)

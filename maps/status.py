@@ -22,6 +22,31 @@ STATUS_COLUMNS = ("code", "name", "open", "overdue", "closed", "closed_on_time",
 _OVERDUE_BREAKS = (0.05, 0.1, 0.2, 0.4)
 
 
+_MAX_LABELLED = 20
+_LABEL_CSS = ("font:12px/1.3 sans-serif;text-align:center;color:#222;white-space:nowrap;"
+              "text-shadow:0 0 3px #fff,0 0 3px #fff,0 0 3px #fff")
+
+
+def _add_labels(m: folium.Map, areas: gpd.GeoDataFrame, share: np.ndarray, overdue: np.ndarray,
+                worst: set[int], lg: Lang) -> None:
+    """Name and overdue figures written on the map: all areas when few, else the worst ones.
+
+    A leader should see which territory lags without hovering over each polygon.
+    """
+    pts = areas.geometry.representative_point()
+    chosen = range(len(areas)) if len(areas) <= _MAX_LABELLED else sorted(worst)
+    group = folium.FeatureGroup(name="labels", control=False)
+    for i in chosen:
+        text = f"{esc(areas['name'].iloc[i])}<br>{esc(label('overdue', lg))} {int(overdue[i])} · {share[i]:.0%}"
+        folium.Marker(
+            [pts.iloc[i].y, pts.iloc[i].x],
+            icon=folium.DivIcon(html=f'<div style="{_LABEL_CSS}">{text}</div>', icon_size=(120, 34),
+                                icon_anchor=(60, 17), class_name="leadgrid-label-icon"),
+            interactive=False,
+        ).add_to(group)
+    group.add_to(m)
+
+
 def render_status(
     areas: gpd.GeoDataFrame,
     *,
@@ -57,7 +82,10 @@ def render_status(
     closed = areas["closed"].fillna(0).to_numpy(dtype=float)
     on_time = areas["closed_on_time"].fillna(0).to_numpy(dtype=float)
     share = np.divide(overdue, open_, out=np.zeros_like(open_), where=open_ > 0)
-    rate = np.divide(on_time, closed, out=np.full_like(closed, np.nan), where=closed > 0)
+    # 按期办结率 counts open overdue leads in the denominator (DOMAIN.md): closed-on-time /
+    # (closed + open-overdue); without them an area could hide its backlog by not closing.
+    judged = closed + overdue
+    rate = np.divide(on_time, judged, out=np.full_like(closed, np.nan), where=judged > 0)
     cls = np.searchsorted(np.array(_OVERDUE_BREAKS), share, side="left")
     fill = np.array(SEQUENTIAL)[cls]
     worst = set(
@@ -99,7 +127,14 @@ def render_status(
     items = [
         (SEQUENTIAL[i], f"{lo:.0%}–{hi:.0%}") for i, (lo, hi) in enumerate(zip(edges, _OVERDUE_BREAKS, strict=False))
     ] + [(SEQUENTIAL[-1], f"> {_OVERDUE_BREAKS[-1]:.0%}")]
-    title = f"{label('overdue', lg)} / {label('open', lg)}"
-    note = "粗黑边：超期比例最高的 3 个辖区" if lg is Lang.ZH else "Thick outline: the 3 worst areas"
-    legend(title, items, note=note).add_to(m)
+    _add_labels(m, areas, share, overdue, worst, lg)
+    title = label("overdue_share", lg)
+    tot_open, tot_over, tot_judged = open_.sum(), overdue.sum(), closed.sum() + overdue.sum()
+    tot_rate = f"{on_time.sum() / tot_judged:.0%}" if tot_judged else "—"
+    sep = "，" if lg is Lang.ZH else ", "
+    rebounds = int(areas["rebound"].sum())
+    totals = sep.join([f"{label('open', lg)} {int(tot_open):,}", f"{label('overdue', lg)} {int(tot_over):,}",
+                       f"{label('on_time_rate', lg)} {tot_rate}", f"{label('rebound', lg)} {rebounds:,}"])
+    outline = "粗黑边：超期率最高的 3 个辖区" if lg is Lang.ZH else "Thick outline: the 3 worst areas"
+    legend(title, items, note=f"{label('city_total', lg)}: {totals}. {outline}").add_to(m)
     return finish(m)

@@ -131,6 +131,7 @@ LABELS: dict[str, dict[str, str]] = {
     "soil": {"zh": "土壤", "en": "Soil"},
     "noise": {"zh": "噪声", "en": "Noise"},
     "solid_waste": {"zh": "固废", "en": "Solid waste"},
+    "solid": {"zh": "固废", "en": "Solid waste"},
     "ecology": {"zh": "生态", "en": "Ecology"},
     # monitoring
     "normal": {"zh": "正常", "en": "Normal"},
@@ -188,6 +189,13 @@ LABELS: dict[str, dict[str, str]] = {
     "legend_monitoring": {"zh": "监测点状态", "en": "Monitoring status"},
     "status_map": {"zh": "处置状况", "en": "Disposal status"},
     "worst_body": {"zh": "滞后责任主体", "en": "Lagging body"},
+    "overdue_share": {"zh": "超期率（超期 / 未办结）", "en": "Overdue rate (Overdue / Open)"},
+    "city_total": {"zh": "合计", "en": "Total"},
+    "no_deadlines": {
+        "zh": "未办结线索均无办理时限，无法判断超期。",
+        "en": "No open lead has a deadline, so nothing can be judged overdue.",
+    },
+    "no_points": {"zh": "范围内没有监测点。", "en": "No monitoring points in your scope."},
 }
 
 

@@ -15,7 +15,7 @@ say "mypy"
 
 say "pytest (SpatiaLite and PostGIS)"
 set +e
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest -n "${LEADGRID_TEST_WORKERS:-2}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from api.deps import PrincipalDep, SessionDep, require
 from api.schemas import BodyPublic, CategoryPublic, RoutingRuleCreate, RoutingRulePublic
@@ -46,6 +46,7 @@ def add_rule(body: RoutingRuleCreate, session: SessionDep,
 
 
 @router.delete("/routing-rules/{rule_id}", status_code=204)
-def retire_rule(rule_id: int, session: SessionDep, p: Annotated[Principal, require("admin")]) -> None:
+def retire_rule(rule_id: Annotated[int, Path(ge=1, le=2_147_483_647)], session: SessionDep,
+                p: Annotated[Principal, require("admin")]) -> None:
     """Retire a routing rule (admin); leads it routed keep naming it."""
     routing.retire_rule(session, rule_id, actor=p.username, now=datetime.now(UTC))

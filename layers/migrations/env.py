@@ -5,7 +5,9 @@ from __future__ import annotations
 from alembic import context
 from geoalchemy2 import alembic_helpers
 
+from layers import monitoring_store as _monitoring_store  # noqa: F401 - registers monitoring tables
 from layers.models import Base
+from layers.workflow import store as _workflow_store  # noqa: F401 - registers workflow tables
 
 config = context.config
 

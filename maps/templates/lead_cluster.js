@@ -53,8 +53,16 @@ var {{ this.get_name() }} = (function () {
     }).join("") + "</table></div>";
   }
   function ready() { map.getContainer().setAttribute("data-leadgrid-ready", "1"); }
+  // Clusters are neutral slate discs: the default green/yellow/orange-by-size would read as the
+  // status colours (green = closed), which is exactly what a cluster does not say.
+  function clusterIcon(c) {
+    var k = c.getChildCount(), s = k < 10 ? 26 : k < 100 ? 32 : k < 1000 ? 38 : 44;
+    return L.divIcon({className: "marker-cluster leadgrid-cluster", iconSize: [s, s],
+      html: '<span style="width:' + s + 'px;height:' + s + 'px;line-height:' + s + 'px">' +
+            (k >= 10000 ? Math.round(k / 1000) + "k" : k) + "</span>"});
+  }
   var cluster = L.markerClusterGroup({chunkedLoading: true, maxClusterRadius: 60,
-    showCoverageOnHover: false,
+    showCoverageOnHover: false, iconCreateFunction: clusterIcon,
     chunkProgress: function (done, total) { if (done === total) { ready(); } }});
   // One popup object on demand instead of 100,000 bound popups.
   cluster.on("click", function (e) {
@@ -83,6 +91,9 @@ var {{ this.get_name() }} = (function () {
 {% endmacro %}
 {% macro header(this, kwargs) %}
 <style>
+  .leadgrid-cluster span { display: block; border-radius: 50%; text-align: center; color: #fff;
+    font: bold 12px/1 sans-serif; background: rgba(55, 71, 79, 0.88);
+    box-shadow: 0 0 0 4px rgba(55, 71, 79, 0.25); }
   .leadgrid-pin span { display: block; width: 12px; height: 12px; border-radius: 50%;
     border: 1.5px solid #fff; box-shadow: 0 0 2px rgba(0,0,0,0.6); box-sizing: border-box; }
 </style>

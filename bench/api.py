@@ -1,0 +1,238 @@
+"""Benchmark: the HTTP API under load on PostGIS — intake, nearby and list mixed.
+
+Usage::
+
+    .venv/bin/python bench/api.py [--leads 1000000] [--seconds 60] [--clients 32] [--workers 2]
+        [--admin-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--keep]
+
+Steps: create a fresh PostGIS database ``leadgrid_bench``, migrate it, seed the reference data
+and a synthetic boundary layer over Xuzhou's extent (a 4 × 4 grid of "townships" in 2 × 2
+"counties" — a benchmark fixture, not real boundaries), bulk-load ``--leads`` leads with one
+``INSERT … SELECT generate_series`` (the load bypasses intake on purpose: it measures the API, not
+the loader), start uvicorn on loopback, then run ``--clients`` concurrent clients for
+``--seconds``: 20 % intake (POST /leads, a citywide dispatcher), 60 % nearby (GET /leads/nearby,
+1 km radius, a county-scoped field user), 20 % list (GET /leads, first page of 50).
+
+Prints requests/s and p50/p99 latency per call type, error counts, and the goals of issue 8
+(nearby p99 ≤ 20 ms; intake ≥ 300 leads/s with p99 ≤ 100 ms; zero errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import geopandas as gpd
+import httpx
+import numpy as np
+from shapely.geometry import box
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from api.auth import issue_token  # noqa: E402
+from layers import jurisdictions, migrate, routing, users  # noqa: E402
+from layers.db import make_engine, session_factory, unit_of_work  # noqa: E402
+from layers.settings import Settings  # noqa: E402
+
+BBOX = (116.4, 33.8, 118.6, 34.9)  # about Xuzhou's extent
+SECRET = "bench-secret-" + "x" * 40
+CATEGORIES = ["catering_fumes", "construction_dust", "road_dust", "industrial_gas", "open_burning"]
+
+
+def _layer(folder: Path) -> dict[str, Path]:
+    x0, y0, x1, y1 = BBOX
+    xs, ys = np.linspace(x0, x1, 5), np.linspace(y0, y1, 5)
+    county, town = [], []
+    for i in range(4):
+        for j in range(4):
+            c = f"3203{(i // 2) * 2 + j // 2 + 1:02d}"
+            town.append({"code": f"{c}{i * 4 + j:03d}", "name": f"镇{i}{j}", "parent": c,
+                         "geometry": box(xs[i], ys[j], xs[i + 1], ys[j + 1])})
+    for k in range(4):
+        i, j = divmod(k, 2)
+        county.append({"code": f"3203{k + 1:02d}", "name": f"县{k}", "parent": "320300",
+                       "geometry": box(xs[i * 2], ys[j * 2], xs[i * 2 + 2], ys[j * 2 + 2])})
+    frames = {"city": gpd.GeoDataFrame([{"code": "320300", "name": "徐州市(基准)", "geometry": box(*BBOX)}], crs=4326),
+              "county": gpd.GeoDataFrame(county, crs=4326), "township": gpd.GeoDataFrame(town, crs=4326)}
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for level, f in frames.items():
+        out[level] = folder / f"{level}.geojson"
+        f.to_file(out[level], driver="GeoJSON", engine="pyogrio")
+    return out
+
+
+def setup(admin_url: str, n: int) -> str:
+    base = admin_url.rsplit("/", 1)[0]
+    url = f"{base}/leadgrid_bench"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text('DROP DATABASE IF EXISTS "leadgrid_bench" WITH (FORCE)'))
+        c.execute(text('CREATE DATABASE "leadgrid_bench"'))
+    admin.dispose()
+    settings = Settings(database_url=url, secret_key=SECRET)
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    now = datetime.now(UTC)
+    paths = _layer(Path("/tmp/leadgrid_bench_layer"))
+    with unit_of_work(session_factory(engine)) as s:
+        routing.seed(s, ROOT / "data", now=now)
+        for level in ("city", "county", "township"):
+            jurisdictions.import_layer(s, paths[level], level=level, datum="wgs84",
+                                       mapping="code=code,name=name" + (",parent=parent" if level != "city" else ""),
+                                       layer="bench", actor="bench", now=now)
+        jurisdictions.activate(s, "bench", actor="bench", now=now)
+        users.add_user(s, "bench_dispatcher", "bench-password-1", ["dispatcher"])
+        users.add_user(s, "bench_field", "bench-password-1", ["field"], scope_codes=["320301"])
+    t0 = time.perf_counter()
+    x0, y0, x1, y1 = BBOX
+    cats = "ARRAY[" + ",".join(f"'{c}'" for c in CATEGORIES) + "]"
+    with engine.begin() as c:
+        # Townships are the 4 × 4 grid of _layer: index = floor((x-x0)/dx) * 4 + floor((y-y0)/dy).
+        c.execute(text(f"""
+            INSERT INTO leads (code, channel, external_id, category_code, urgency, description, address,
+                public, reported_at, received_at, orig_lon, orig_lat, orig_datum, geom, city_code,
+                county_code, township_code, body_code, assign_method, assign_reason, assign_candidates,
+                review, review_reason, routing_fallback, status, due_at, created_at, updated_at, row_version)
+            SELECT 'B' || g, 'other', 'bench-' || g, ({cats})[1 + g % 5], 'normal', '', '', g % 10 = 0,
+                now() - (g % 180) * interval '1 day', now(), x, y, 'wgs84',
+                ST_SetSRID(ST_MakePoint(x, y), 4326), '320300',
+                '3203' || lpad((least(floor((x - {x0}) / {(x1 - x0) / 2})::int, 1) * 2
+                                + least(floor((y - {y0}) / {(y1 - y0) / 2})::int, 1) + 1)::text, 2, '0'),
+                NULL, 'CMB', 'inside', 'bench', '[]'::jsonb, false, '', false,
+                (ARRAY['dispatched','signed','in_progress','closed'])[1 + g % 4],
+                now() + ((g % 30) - 10) * interval '1 day', now(), now(), 1
+            FROM (SELECT g, {x0} + random() * {x1 - x0} AS x, {y0} + random() * {y1 - y0} AS y
+                  FROM generate_series(1, :n) AS g) AS pts
+        """), {"n": n})
+        c.execute(text("ANALYZE leads"))
+    print(f"loaded {n:,} leads in {time.perf_counter() - t0:.1f} s")
+    engine.dispose()
+    return url
+
+
+def _token(url: str, username: str) -> str:
+    engine = make_engine(Settings(database_url=url, secret_key=SECRET))
+    with unit_of_work(session_factory(engine)) as s:
+        user = users.get_user(s, username)
+        assert user is not None
+        tok, _ = issue_token(user, secret=SECRET, ttl_minutes=600)
+    engine.dispose()
+    return tok
+
+
+async def _client(base: str, tokens: dict[str, str], until: float, stats: dict[str, list[float]],
+                  errors: dict[str, int], seed: int) -> None:
+    rnd = random.Random(seed)
+    x0, y0, x1, y1 = BBOX
+    disp = {"Authorization": f"Bearer {tokens['dispatcher']}"}
+    field = {"Authorization": f"Bearer {tokens['field']}"}
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        n = 0
+        while time.perf_counter() < until:
+            n += 1
+            r = rnd.random()
+            t = time.perf_counter()
+            if r < 0.2:
+                kind = "intake"
+                resp = await client.post("/leads", headers=disp, json={
+                    "channel": "wechat", "external_id": f"c{seed}-{n}-{rnd.getrandbits(40)}",
+                    "category": rnd.choice(CATEGORIES), "reported_at": datetime.now(UTC).isoformat(),
+                    "lon": rnd.uniform(x0, x1), "lat": rnd.uniform(y0, y1), "description": "基准测试"})
+                ok = resp.status_code == 201
+            elif r < 0.8:
+                kind = "nearby"
+                resp = await client.get("/leads/nearby", headers=field, params={
+                    "lon": rnd.uniform(x0, (x0 + x1) / 2), "lat": rnd.uniform(y0, (y0 + y1) / 2),
+                    "radius_m": 1000, "limit": 50})
+                ok = resp.status_code == 200
+            else:
+                kind = "list"
+                resp = await client.get("/leads", headers=disp, params={"page_size": 50})
+                ok = resp.status_code == 200
+            stats[kind].append(time.perf_counter() - t)
+            if not ok:
+                errors[kind] += 1
+                if errors[kind] <= 3:
+                    print(f"error {kind}: {resp.status_code} {resp.text[:200]}")
+
+
+def run_load(url: str, seconds: float, clients: int, workers: int, port: int) -> None:
+    env = {**os.environ, "LEADGRID_DATABASE_URL": url, "LEADGRID_SECRET_KEY": SECRET}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
+        cwd=ROOT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        tokens = {"dispatcher": _token(url, "bench_dispatcher"), "field": _token(url, "bench_field")}
+        stats: dict[str, list[float]] = {"intake": [], "nearby": [], "list": []}
+        errors = {k: 0 for k in stats}
+
+        async def main() -> None:
+            # Warm-up (connection pools, boundary index cache) is not measured.
+            await asyncio.gather(*(_client(base, tokens, time.perf_counter() + 3, {k: [] for k in stats},
+                                           dict(errors), 10_000 + i) for i in range(min(clients, 8))))
+            until = time.perf_counter() + seconds
+            await asyncio.gather(*(_client(base, tokens, until, stats, errors, i) for i in range(clients)))
+
+        t0 = time.perf_counter()
+        asyncio.run(main())
+        wall = time.perf_counter() - t0 - 3
+        total = sum(len(v) for v in stats.values())
+        print(f"\n{clients} clients, {workers} uvicorn workers, {wall:.1f} s: {total / wall:,.0f} requests/s total")
+        print(f"{'call':<8}{'count':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+        for kind, lat in stats.items():
+            a = np.array(lat) * 1000 if lat else np.array([np.nan])
+            print(f"{kind:<8}{len(lat):>9,}{len(lat) / wall:>9,.1f}{np.percentile(a, 50):>9.1f}"
+                  f"{np.percentile(a, 99):>9.1f}{errors[kind]:>8}")
+        nb, it = np.array(stats["nearby"]) * 1000, np.array(stats["intake"]) * 1000
+        print("\ngoals: nearby p99 <= 20 ms: " + ("met" if len(nb) and np.percentile(nb, 99) <= 20 else "NOT met")
+              + "; intake >= 300/s: " + ("met" if len(it) / wall >= 300 else "NOT met")
+              + "; intake p99 <= 100 ms: " + ("met" if len(it) and np.percentile(it, 99) <= 100 else "NOT met")
+              + "; zero errors: " + ("met" if not sum(errors.values()) else "NOT met"))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--leads", type=int, default=1_000_000)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)))
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--admin-url", default=os.environ.get("LEADGRID_TEST_POSTGRES_URL",
+                                                          "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
+    ap.add_argument("--keep", action="store_true", help="keep the leadgrid_bench database afterwards")
+    args = ap.parse_args()
+    url = setup(args.admin_url, args.leads)
+    try:
+        run_load(url, args.seconds, args.clients, args.workers, args.port)
+    finally:
+        if not args.keep:
+            admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as c:
+                c.execute(text('DROP DATABASE IF EXISTS "leadgrid_bench" WITH (FORCE)'))
+            admin.dispose()
+
+
+if __name__ == "__main__":
+    main()

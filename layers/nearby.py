@@ -1,0 +1,273 @@
+"""Cases near me: the leads in a user's scope around a point, by real (geodesic) distance.
+
+Both backends answer through their spatial index, never a table scan:
+
+* PostGIS: the GiST index on ``leads.geom`` — ``&&`` against a degree box that surely contains the
+  search circle, then ``ST_DWithin`` on geography (metres on the spheroid); k-nearest without a
+  radius uses KNN (``ORDER BY geom <-> point``).
+* SpatiaLite: the R*Tree ``idx_leads_geom`` (``pkid`` is the lead id) queried with the same box.
+
+Distances are then computed exactly in Python with the WGS84 geodesic
+(:func:`geo.crs.geodesic_distance_m`), so both backends report the same metres.
+
+KNN on lon/lat orders by *degrees*, which is not metric order (a degree of longitude is ~0.83 of
+a degree of latitude in Xuzhou). So the k nearest by degrees only give an upper bound ``d_k`` on
+the true k-th metric distance (k leads lie within ``d_k``); a radius query at ``d_k`` then
+returns every lead that can be among the true k nearest, and those are sorted by metres.
+SpatiaLite has no KNN operator on the R*Tree, so it widens a radius ×4 from 500 m until k leads
+are inside (or the whole world is).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+from sqlalchemy import ColumnElement, Select, and_, column, func, select, table
+from sqlalchemy.orm import Session
+
+from geo import crs as gcrs
+from layers.errors import Invalid
+from layers.models import SRID, Lead
+from layers.users import Principal, lead_scope_clause
+
+MAX_RADIUS_M = 50_000.0
+MAX_LIMIT = 500
+# Fewest metres a degree of latitude can span (at the equator, WGS84): boxes built with it
+# always contain the circle.
+_M_PER_DEG_LAT_MIN = 110_574.0
+_M_PER_DEG_LON_EQ = 111_320.0
+_FIRST_RADIUS_M = 500.0
+_WORLD_M = 20_040_000.0  # half the equator: every point on Earth is closer than this
+
+_RTREE = table("idx_leads_geom", column("pkid"), column("xmin"), column("xmax"), column("ymin"), column("ymax"))
+
+
+class NearbySort(StrEnum):
+    """How the hits are ordered."""
+
+    distance = "distance"
+    deadline = "deadline"
+
+
+@dataclass(frozen=True)
+class NearbyHit:
+    """One lead near the query point (storage lon/lat)."""
+
+    id: int
+    code: str
+    category: str
+    status: str
+    urgency: str
+    address: str
+    body_code: str | None
+    county_code: str | None
+    township_code: str | None
+    lon: float
+    lat: float
+    distance_m: float
+    due_at: datetime | None
+
+
+def search_box(lon: float, lat: float, radius_m: float) -> tuple[float, float, float, float]:
+    """A lon/lat box that surely contains the geodesic circle of ``radius_m`` around a point.
+
+    Parameters
+    ----------
+    lon, lat
+        Storage degrees of the centre.
+    radius_m
+        Radius in metres.
+
+    Returns
+    -------
+    tuple of float
+        ``(minx, miny, maxx, maxy)``; the whole longitude range when the circle nears a pole.
+    """
+    # 1 % margin covers the ellipsoid's variation and the R*Tree's float32 rounding.
+    dlat = radius_m * 1.01 / _M_PER_DEG_LAT_MIN
+    miny, maxy = max(lat - dlat, -90.0), min(lat + dlat, 90.0)
+    far = max(abs(miny), abs(maxy))
+    if far >= 89.0:
+        return (-180.0, miny, 180.0, maxy)
+    dlon = radius_m * 1.01 / (_M_PER_DEG_LON_EQ * math.cos(math.radians(far)))
+    if dlon >= 180.0:
+        return (-180.0, miny, 180.0, maxy)
+    # Boxes crossing the antimeridian are widened to all longitudes rather than split in two.
+    if lon - dlon < -180.0 or lon + dlon > 180.0:
+        return (-180.0, miny, 180.0, maxy)
+    return (lon - dlon, miny, lon + dlon, maxy)
+
+
+def _validate(lon: Any, lat: Any, datum: str, radius_m: float | None, limit: int,
+              sort: str) -> tuple[float, float, NearbySort]:
+    try:
+        gcrs.validate_lonlat(float(lon), float(lat))
+    except (TypeError, ValueError) as exc:
+        field = "lat" if str(exc).startswith("lat") else "lon"
+        raise Invalid(field, lon if field == "lon" else lat, "a finite number (lon in ±180, lat in ±90)") from None
+    try:
+        d = gcrs.parse_datum(datum)
+    except gcrs.DatumError:
+        raise Invalid("datum", datum, "one of " + ", ".join(x.value for x in gcrs.Datum)) from None
+    if radius_m is not None and not (0 < radius_m <= MAX_RADIUS_M and math.isfinite(radius_m)):
+        raise Invalid("radius_m", radius_m, f"metres in (0, {MAX_RADIUS_M:g}]")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Invalid("limit", limit, f"an integer in [1, {MAX_LIMIT}]")
+    try:
+        order = NearbySort(sort)
+    except ValueError:
+        raise Invalid("sort", sort, "one of " + ", ".join(s.value for s in NearbySort)) from None
+    x, y = gcrs.to_storage(float(lon), float(lat), d)
+    return float(x), float(y), order
+
+
+def _columns() -> Select[Any]:
+    return select(Lead.id, Lead.code, Lead.category_code, Lead.status, Lead.urgency, Lead.address,
+                  Lead.body_code, Lead.county_code, Lead.township_code,
+                  func.ST_X(Lead.geom).label("x"), func.ST_Y(Lead.geom).label("y"), Lead.due_at)
+
+
+def _conditions(p: Principal, status: Sequence[str]) -> list[ColumnElement[bool]]:
+    conds = [lead_scope_clause(p), Lead.geom.is_not(None)]
+    if status:
+        conds.append(Lead.status.in_(list(status)))
+    return conds
+
+
+def _point(lon: float, lat: float) -> Any:
+    return func.ST_SetSRID(func.ST_MakePoint(lon, lat), SRID)
+
+
+def within_stmt(backend: str, p: Principal, lon: float, lat: float, radius_m: float,
+                status: Sequence[str] = ()) -> Select[Any]:
+    """The index-backed candidate query for a radius search (exposed for EXPLAIN in tests).
+
+    Parameters
+    ----------
+    backend
+        ``"postgis"`` or ``"spatialite"``.
+    p, lon, lat, radius_m, status
+        Principal (scope), storage centre, radius in metres, optional status filter.
+
+    Returns
+    -------
+    sqlalchemy.Select
+        PostGIS returns exactly the leads within ``radius_m``; SpatiaLite returns the leads in the
+        enclosing box (the caller trims them to the circle).
+    """
+    minx, miny, maxx, maxy = search_box(lon, lat, radius_m)
+    conds = _conditions(p, status)
+    if backend == "postgis":
+        env = func.ST_MakeEnvelope(minx, miny, maxx, maxy, SRID)
+        conds.append(Lead.geom.op("&&")(env))
+        conds.append(func.ST_DWithin(func.geography(Lead.geom), func.geography(_point(lon, lat)), radius_m))
+    else:
+        hits = select(_RTREE.c.pkid).where(_RTREE.c.xmin >= minx, _RTREE.c.xmax <= maxx,
+                                           _RTREE.c.ymin >= miny, _RTREE.c.ymax <= maxy)
+        conds.append(Lead.id.in_(hits))
+    return _columns().where(and_(*conds))
+
+
+def _hits(session: Session, stmt: Select[Any], lon: float, lat: float, radius_m: float) -> list[NearbyHit]:
+    rows = session.execute(stmt).all()
+    if not rows:
+        return []
+    xs = np.array([r.x for r in rows], dtype=float)
+    ys = np.array([r.y for r in rows], dtype=float)
+    dist = np.atleast_1d(gcrs.geodesic_distance_m(lon, lat, xs, ys))
+    out = []
+    for r, d in zip(rows, dist, strict=True):
+        if d <= radius_m:
+            out.append(NearbyHit(int(r.id), r.code, r.category_code, r.status, r.urgency, r.address,
+                                 r.body_code, r.county_code, r.township_code, float(r.x), float(r.y),
+                                 round(float(d), 2), r.due_at))
+    return out
+
+
+def _within(session: Session, backend: str, p: Principal, lon: float, lat: float, radius_m: float,
+            status: Sequence[str]) -> list[NearbyHit]:
+    return _hits(session, within_stmt(backend, p, lon, lat, radius_m, status), lon, lat, radius_m)
+
+
+def _k_bound_postgis(session: Session, p: Principal, lon: float, lat: float, k: int,
+                     radius_m: float | None, status: Sequence[str]) -> float | None:
+    """Metres within which at least ``k`` leads surely lie (``None``: fewer than k exist)."""
+    conds = _conditions(p, status)
+    if radius_m is not None:
+        minx, miny, maxx, maxy = search_box(lon, lat, radius_m)
+        conds.append(Lead.geom.op("&&")(func.ST_MakeEnvelope(minx, miny, maxx, maxy, SRID)))
+    knn = (select(func.ST_X(Lead.geom).label("x"), func.ST_Y(Lead.geom).label("y"))
+           .where(and_(*conds)).order_by(Lead.geom.op("<->")(_point(lon, lat))).limit(k))
+    rows = session.execute(knn).all()
+    if len(rows) < k:
+        return None
+    d = gcrs.geodesic_distance_m(lon, lat, np.array([r.x for r in rows]), np.array([r.y for r in rows]))
+    return float(np.max(d)) + 0.01
+
+
+def nearby(session: Session, p: Principal, lon: float, lat: float, *, datum: str = "wgs84",
+           radius_m: float | None = None, status: Sequence[str] = (), limit: int = 50,
+           sort: str = "distance") -> list[NearbyHit]:
+    """The leads ``p`` may see around a point, nearest first or soonest deadline first.
+
+    Parameters
+    ----------
+    session
+        Any session (read only).
+    p
+        The caller; their scope is applied inside the query.
+    lon, lat, datum
+        The caller's position and its datum (GCJ-02 from Amap/WeChat is converted first).
+    radius_m
+        Search radius in metres (at most 50 km). ``None``: the ``limit`` nearest leads anywhere.
+    status
+        Only leads in these states (empty: any state).
+    limit
+        At most this many hits (1–500).
+    sort
+        ``"distance"`` (nearest first) or ``"deadline"`` (soonest ``due_at`` first, leads without
+        a deadline last, then by distance). Without a radius, ``deadline`` orders the ``limit``
+        nearest leads.
+
+    Returns
+    -------
+    list of NearbyHit
+
+    Raises
+    ------
+    layers.errors.Invalid
+        For a non-finite or out-of-range coordinate, an unknown datum, a radius or limit out of
+        range, or an unknown sort; the message names the field and the allowed values.
+    """
+    x, y, order = _validate(lon, lat, datum, radius_m, limit, sort)
+    backend = "postgis" if session.get_bind().dialect.name == "postgresql" else "spatialite"
+    if radius_m is not None and (order is NearbySort.deadline or backend == "postgis"):
+        # A radius bounds the work already; one index query answers it (a KNN pass first made
+        # the planner sort every lead of the caller's scope).
+        hits = _within(session, backend, p, x, y, radius_m, status)
+    elif backend == "postgis":
+        bound = _k_bound_postgis(session, p, x, y, limit, radius_m, status)
+        r = radius_m if bound is None else min(bound, radius_m or bound)
+        hits = _within(session, backend, p, x, y, r if r is not None else _WORLD_M, status)
+    else:
+        r = min(_FIRST_RADIUS_M, radius_m or _FIRST_RADIUS_M)
+        while True:
+            hits = _within(session, backend, p, x, y, r, status)
+            cap = radius_m if radius_m is not None else _WORLD_M
+            if len(hits) >= limit or r >= cap:
+                break
+            r = min(r * 4.0, cap)
+    hits.sort(key=lambda h: (h.distance_m, h.id))
+    if order is NearbySort.deadline:
+        if radius_m is None:
+            hits = hits[:limit]
+        far = datetime.max.replace(tzinfo=None)
+        hits.sort(key=lambda h: (h.due_at is None, h.due_at.replace(tzinfo=None) if h.due_at else far,
+                                 h.distance_m, h.id))
+    return hits[:limit]
