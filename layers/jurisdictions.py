@@ -710,9 +710,23 @@ def _redispatch(session: Session, moves: pd.DataFrame, version_id: int, *, actor
                    "boundary_version_id": version_id, "method": r["method"]},
             reason=reason,
         ))
+    # The receiving body and territory are told: one 'redispatch' notice per moved lead, in the
+    # same notices table the escalation pass uses (so the body's inbox shows it).
+    from layers.workflow.store import WfNotice
+
+    notices = [{
+        "dedup_key": f"redispatch:{d['lead_id']}:v{version_id}:{now.isoformat()}"[:120],
+        "kind": "redispatch", "level": None, "lead_id": d["lead_id"], "clock_id": None, "node": None,
+        "to_body": d["body_code"], "to_jurisdiction": d["township_code"] or d["county_code"],
+        "message": f"线索因行政区划调整改派至本单位 / re-dispatched by a boundary change: {d['reason']}"[:2000],
+        "created_at": now, "read_at": None,
+    } for d in dispatches]
+    dispatch_t = Dispatch.metadata.tables[Dispatch.__tablename__]
+    notice_t = WfNotice.metadata.tables[WfNotice.__tablename__]
     for start in range(0, len(rows), 5000):
         session.execute(stmt, rows[start:start + 5000])
-        session.execute(insert(Dispatch), dispatches[start:start + 5000])
+        session.execute(dispatch_t.insert(), dispatches[start:start + 5000])
+        session.execute(notice_t.insert(), notices[start:start + 5000])
     audit.record(session, events)
 
 

@@ -100,6 +100,12 @@ def test_split_preview_activate_closed_rollback_and_history(seeded: Db, tmp_path
         events = s.scalars(select(AuditEvent).where(AuditEvent.action == "lead.redispatch")).all()
         assert sorted(int(e.entity_id) for e in events) == sorted([ids["east"], ids["east2"]])
         assert events[0].before["township_code"] == "320001001" and events[0].after["township_code"] == "320001003"
+        # The receiving body and township are notified, once per moved lead.
+        from layers.workflow.store import WfNotice
+
+        notes = s.scalars(select(WfNotice).where(WfNotice.kind == "redispatch")).all()
+        assert sorted(n.lead_id for n in notes) == sorted([ids["east"], ids["east2"]])
+        assert {n.to_jurisdiction for n in notes} == {"320001003"} and all(n.to_body for n in notes)
         assert audit.verify(s).ok
     assert township(seeded, ids["east"]) == "320001003"
     assert township(seeded, ids["west"]) == "320001001"
