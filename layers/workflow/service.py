@@ -126,15 +126,27 @@ def load_calendar(session: Session) -> WorkCalendar:
     -------
     WorkCalendar
     """
+    # Intake calls this for every batch; the table changes only on a calendar import, which adds
+    # rows with new ids, so (count, max id) tells whether the cached calendar is still current.
+    count, top = session.execute(select(func.count(WfCalendarDay.id), func.max(WfCalendarDay.id))).one()
+    key = str(session.get_bind().engine.url)
+    hit = _CALENDARS.get(key)
+    if hit is not None and hit[0] == (count, top):
+        return hit[1]
     rows = session.execute(
         select(WfCalendarDay.year, WfCalendarDay.day, WfCalendarDay.kind, WfCalendarDay.name)
     ).all()
     if not rows:
         seed_calendar(session)
         return load_calendar(session)
-    return WorkCalendar.from_records(
+    cal = WorkCalendar.from_records(
         CalendarRecord(r.year, r.day, DayKind(r.kind), r.name) for r in rows
     )
+    _CALENDARS[key] = ((count, top), cal)
+    return cal
+
+
+_CALENDARS: dict[str, tuple[tuple[int, int | None], WorkCalendar]] = {}
 
 
 def seed_calendar(session: Session) -> int:
