@@ -17,7 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from layers import leads
 from layers.errors import Invalid
@@ -157,6 +157,9 @@ def import_file(
         if good:
             with session_scope() as session:
                 outs = submit(session, good, actor=actor, now=now)
+            if any(o.created for o in outs):
+                with session_scope() as session:
+                    _refresh_statistics(session)
             summary.created += sum(o.created for o in outs)
             summary.existing += sum(not o.created for o in outs)
         if progress:
@@ -172,3 +175,13 @@ def import_file(
     elif report.exists():
         report.unlink()  # a stale report from an earlier run would mislead
     return summary
+
+
+def _refresh_statistics(session: Any) -> None:
+    """Let PostgreSQL plan the next chunk's key lookups with the rows just added.
+
+    A bulk import grows ``leads`` far faster than autovacuum re-analyses it; with stale
+    statistics the planner scans the table for every idempotency lookup. SQLite needs nothing.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("ANALYZE leads"))

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Select, and_, func, select, tuple_
+from sqlalchemy import Select, and_, func, select
 from sqlalchemy.orm import Session
 
 from geo import crs as gcrs
@@ -253,15 +253,8 @@ def intake(
         return []
     keys = [(it.channel, it.external_id) for it in items]
     existing: dict[tuple[str, str], tuple[int, str]] = {}
-    uniq = sorted(set(keys))
-    for start in range(0, len(uniq), 500):
-        chunk = uniq[start:start + 500]
-        for hit in session.execute(
-            select(Lead.channel, Lead.external_id, Lead.id, Lead.code).where(
-                tuple_(Lead.channel, Lead.external_id).in_(chunk)
-            )
-        ):
-            existing[(hit.channel, hit.external_id)] = (hit.id, hit.code)
+    for hit in _rows_by_key(session, keys, Lead.code):
+        existing[(hit.channel, hit.external_id)] = (hit.id, hit.code)
 
     fresh: list[int] = []
     seen: set[tuple[str, str]] = set()
@@ -313,12 +306,8 @@ def intake(
         session.execute(LEAD_TABLE.insert(), rows[start:start + 5000])
     id_of: dict[tuple[str, str], int] = {}
     new_keys = [(r["channel"], r["external_id"]) for r in rows]
-    for start in range(0, len(new_keys), 500):
-        chunk = new_keys[start:start + 500]
-        for got in session.execute(
-            select(Lead.channel, Lead.external_id, Lead.id).where(tuple_(Lead.channel, Lead.external_id).in_(chunk))
-        ):
-            id_of[(got.channel, got.external_id)] = int(got.id)
+    for got in _rows_by_key(session, new_keys):
+        id_of[(got.channel, got.external_id)] = int(got.id)
     ids = [id_of[k] for k in new_keys]
     dispatch_rows = []
     events = []
@@ -353,6 +342,24 @@ def intake(
             lid, code = existing.get(k) or by_key[k]
             out.append(Outcome(i, False, lid, code, {}))
     return out
+
+
+def _rows_by_key(session: Session, keys: Sequence[tuple[str, str]], *extra: Any) -> Iterator[Any]:
+    """Lead rows for (channel, external_id) keys, 1,000 ids per query on the unique index.
+
+    One channel per query with ``external_id IN (...)``: PostgreSQL plans a row-value
+    ``(channel, external_id) IN (...)`` list as a scan, which made re-imports crawl.
+    """
+    by_channel: dict[str, list[str]] = {}
+    for ch, ext in set(keys):
+        by_channel.setdefault(ch, []).append(ext)
+    for ch, exts in by_channel.items():
+        exts.sort()
+        for start in range(0, len(exts), 1000):
+            yield from session.execute(
+                select(Lead.channel, Lead.external_id, Lead.id, *extra)
+                .where(Lead.channel == ch, Lead.external_id.in_(exts[start:start + 1000]))
+            )
 
 
 def _public_assignment(row: Mapping[str, Any], a: Mapping[str, Any]) -> dict[str, Any]:
