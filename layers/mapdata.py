@@ -39,7 +39,6 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
-    true,
     type_coerce,
 )
 from sqlalchemy.orm import Session
@@ -56,7 +55,7 @@ from layers.leads import OPEN_STATES, LeadFilter
 from layers.leads import _filtered as _apply_filter
 from layers.models import AuditEvent, Body, Category, Jurisdiction, Lead, MonitoringPoint
 from layers.shapes import wkb_array_to_shapes
-from layers.users import Principal
+from layers.users import Principal, scope_clause
 
 __all__ = [
     "LEVELS",
@@ -445,20 +444,6 @@ def nearby_frame(
 # ------------------------------------------------------------------------------- monitoring
 
 
-def _point_scope(p: Principal) -> ColumnElement[bool]:
-    """:func:`layers.users.lead_scope_clause` for monitoring points (same columns, same rule)."""
-    if p.citywide:
-        return true()
-    parts: list[ColumnElement[bool]] = []
-    if p.scope_codes:
-        codes = sorted(p.scope_codes)
-        parts.append(or_(MonitoringPoint.city_code.in_(codes), MonitoringPoint.county_code.in_(codes),
-                         MonitoringPoint.township_code.in_(codes)))
-    if p.scope_bodies:
-        parts.append(MonitoringPoint.body_code.in_(sorted(p.scope_bodies)))
-    return and_(*parts)
-
-
 def _monitoring_tables(session: Session) -> Any:
     """``layers.monitoring_store`` when its tables exist in this database, else ``None``.
 
@@ -500,7 +485,7 @@ def monitoring_frame(session: Session, p: Principal) -> gpd.GeoDataFrame:
         rows = list(session.execute(
             select(MonitoringPoint.mn, MonitoringPoint.name, MonitoringPoint.enterprise, MonitoringPoint.kind,
                    MonitoringPoint.active, func.ST_X(MonitoringPoint.geom), func.ST_Y(MonitoringPoint.geom))
-            .where(_point_scope(p)).order_by(MonitoringPoint.mn)
+            .where(scope_clause(p, MonitoringPoint)).order_by(MonitoringPoint.mn)
         ).all())
     pts = _to_points(rows, ["code", "name", "enterprise", "kind", "active"])
     active = pts["active"].astype(bool).to_numpy()

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import ColumnElement, Table, and_, bindparam, func, insert, or_, select, true, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -66,7 +66,7 @@ from layers.monitoring_store import (
 )
 from layers.routing import Router
 from layers.shapes import point_ewkt, to_shape
-from layers.users import Principal
+from layers.users import Principal, scope_clause
 
 log = logging.getLogger(__name__)
 
@@ -394,16 +394,7 @@ def reassign_points(session: Session, *, actor: str, now: datetime, tolerance_m:
 
 def point_scope_clause(p: Principal) -> ColumnElement[bool]:
     """SQL condition restricting points to ``p``'s scope (same rule as leads)."""
-    if p.citywide:
-        return true()
-    parts: list[ColumnElement[bool]] = []
-    if p.scope_codes:
-        codes = sorted(p.scope_codes)
-        parts.append(or_(MonitoringPoint.city_code.in_(codes), MonitoringPoint.county_code.in_(codes),
-                         MonitoringPoint.township_code.in_(codes)))
-    if p.scope_bodies:
-        parts.append(MonitoringPoint.body_code.in_(sorted(p.scope_bodies)))
-    return and_(*parts)
+    return scope_clause(p, MonitoringPoint)
 
 
 def list_points(session: Session, p: Principal, *, jurisdiction: str | None = None,

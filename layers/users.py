@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -156,8 +157,12 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
 _DUMMY_HASH = _hasher.hash("timing-equaliser-not-a-password")
 
 
-def lead_scope_clause(p: Principal) -> ColumnElement[bool]:
-    """SQL condition restricting :class:`Lead` rows to what ``p`` may see."""
+def scope_clause(p: Principal, entity: Any) -> ColumnElement[bool]:
+    """SQL condition restricting rows of ``entity`` to what ``p`` may see.
+
+    ``entity`` is any mapped class with ``city_code``, ``county_code``, ``township_code`` and
+    ``body_code`` columns (leads, monitoring points): one rule for every kind of row.
+    """
     if p.citywide:
         return true()
     parts: list[ColumnElement[bool]] = []
@@ -165,11 +170,16 @@ def lead_scope_clause(p: Principal) -> ColumnElement[bool]:
         codes = sorted(p.scope_codes)
         parts.append(
             or_(
-                Lead.city_code.in_(codes),
-                Lead.county_code.in_(codes),
-                Lead.township_code.in_(codes),
+                entity.city_code.in_(codes),
+                entity.county_code.in_(codes),
+                entity.township_code.in_(codes),
             )
         )
     if p.scope_bodies:
-        parts.append(Lead.body_code.in_(sorted(p.scope_bodies)))
+        parts.append(entity.body_code.in_(sorted(p.scope_bodies)))
     return and_(*parts) if parts else false()
+
+
+def lead_scope_clause(p: Principal) -> ColumnElement[bool]:
+    """SQL condition restricting :class:`Lead` rows to what ``p`` may see."""
+    return scope_clause(p, Lead)
