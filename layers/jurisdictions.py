@@ -811,11 +811,6 @@ class IndexCache:
 INDEX_CACHE = IndexCache()
 
 
-def geocoder_for(session: Session) -> Any:
-    """An address resolver over the active version's names (``None``: see :mod:`layers.geocoder`)."""
-    return None
-
-
 def list_active(session: Session, *, level: str | None = None, parent: str | None = None) -> list[Jurisdiction]:
     """Jurisdictions of the active version, by code."""
     version = active_version(session)
