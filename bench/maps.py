@@ -38,6 +38,13 @@ READY = {
 }
 
 
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    """Static files without a log line per request."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 def plain(leads: Any, fast: bool) -> folium.Map:
     m = folium.Map(location=[34.3, 117.5], zoom_start=9, tiles=None, max_zoom=18)
     m.options["maxZoom"] = 18
@@ -51,8 +58,7 @@ def plain(leads: Any, fast: bool) -> folium.Map:
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="leadgrid-bench-"))
     shutil.copytree(asset_root(), root / ASSET_URL_PREFIX.strip("/"))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    handler = functools.partial(Quiet, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"

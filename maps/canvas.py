@@ -3,6 +3,13 @@
 All text that reaches the page goes through :func:`esc` (HTML) or
 :func:`maps.payload.script_json` (inside ``<script>``); popups and tooltips are built here, on
 the server, from escaped parts only.
+
+branca renders a page by compiling each element's rendered output *again* as a Jinja template
+(``Element(template=...)``), so a ``{{ … }}`` in user text would be evaluated on the server and a
+``{#`` would break the page. Hence :func:`esc` also escapes ``{`` and ``script_json`` escapes a
+``{`` that could open a Jinja tag; and our own elements put their data on the page through
+:class:`PageData`, which skips that compilation altogether (compiling a 2 MB payload as a template
+also cost more than a second at 100,000 leads).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import folium
 import geopandas as gpd
 import numpy as np
 import shapely
-from branca.element import MacroElement
+from branca.element import Element, MacroElement
 from folium.map import Layer
 from folium.template import Template
 from folium.utilities import JsCode
@@ -28,11 +35,14 @@ from maps.style import Lang, label
 __all__ = [
     "Control",
     "MapInputError",
+    "PageData",
     "PointLayer",
+    "RawText",
     "add_boundaries",
     "esc",
     "finish",
     "legend",
+    "lonlat",
     "new_map",
     "notice",
     "popup_table",
@@ -63,10 +73,54 @@ def require_columns(df: Any, name: str, columns: Iterable[str]) -> None:
 
 
 def esc(value: Any) -> str:
-    """HTML-escape any value for text content or a quoted attribute (None -> '')."""
+    """HTML-escape any value for text content or a quoted attribute (None -> '').
+
+    ``{`` becomes ``&#123;`` as well (the same character once parsed as HTML), so no user text can
+    open a Jinja tag when branca compiles the page (see the module docstring).
+    """
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
-    return html.escape(str(value), quote=True)
+    return html.escape(str(value), quote=True).replace("{", "&#123;")
+
+
+class RawText(Element):
+    """Text placed on the page exactly as given, never compiled as a Jinja template.
+
+    Parameters
+    ----------
+    text : str
+        Already safe for where it goes (e.g. :func:`maps.payload.script_json` output).
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self._name = "RawText"
+        self._text = text
+
+    def render(self, **kwargs: Any) -> str:
+        """The text itself."""
+        return self._text
+
+
+class PageData:
+    """Mixin for our elements: their data goes on the page as ``var <name>_<key> = <json>;``.
+
+    Set ``self._page_data = {key: script_json(...)}``; the element's template refers to
+    ``{{ this.get_name() }}_<key>``. The data is added to the page's script *before* the
+    element's own script and, unlike a template's output, is not compiled by Jinja. Put the
+    mixin first among the bases.
+    """
+
+    _page_data: dict[str, str]
+
+    def render(self, **kwargs: Any) -> str:
+        """Add the data variables, then render as usual."""
+        figure = self.get_root()  # type: ignore[attr-defined]
+        name = self.get_name()  # type: ignore[attr-defined]
+        for key, text in self._page_data.items():
+            figure.script.add_child(RawText(f"var {name}_{key} = {text};\n"), name=f"{name}_{key}")
+        out: str = super().render(**kwargs)  # type: ignore[misc]
+        return out
 
 
 def popup_table(rows: Sequence[tuple[str, Any]], title: str | None = None) -> str:
@@ -86,7 +140,7 @@ def popup_table(rows: Sequence[tuple[str, Any]], title: str | None = None) -> st
     return f'<div class="leadgrid-tip">{head}<table>{body}</table></div>'
 
 
-class Control(MacroElement):
+class Control(PageData, MacroElement):
     """A Leaflet control holding server-escaped HTML (legend, notice, list)."""
 
     _template = Template((TEMPLATES / "control.js").read_text(encoding="utf-8"))
@@ -101,7 +155,7 @@ class Control(MacroElement):
     ) -> None:
         super().__init__()
         self._name = "LeadgridControl"
-        self.html_json = script_json(html_text)
+        self._page_data = {"html": script_json(html_text)}
         self.position_json = script_json(position)
         self.role_json = script_json(role)
         self.css_class_json = script_json(css_class)
@@ -157,7 +211,7 @@ def notice(text: str, *, position: str = "topright") -> Control:
     )
 
 
-class PointLayer(Layer):
+class PointLayer(PageData, Layer):
     """Circle markers from a compact list; popups are server-escaped HTML.
 
     Parameters
@@ -175,7 +229,7 @@ class PointLayer(Layer):
         # Leaflet's layer control inserts names as HTML, so the name is escaped once here.
         super().__init__(name=esc(name), overlay=True, control=control, show=show)
         self._name = "PointLayer"
-        self.payload = script_json(points)
+        self._page_data = {"data": script_json(points)}
 
 
 def to_display_geojson(gdf: gpd.GeoDataFrame, columns: Sequence[str], tolerance: float = 0.0003) -> dict[str, Any]:
@@ -300,9 +354,61 @@ def finish(m: folium.Map, *, layer_control: bool = True) -> folium.Map:
     return localize(m)
 
 
-def bounds_of(*frames: gpd.GeoDataFrame | None) -> tuple[float, float, float, float]:
-    """Joint lon/lat bounds of non-empty frames (NaNs when all are empty)."""
-    boxes = [f.to_crs(4326).total_bounds for f in frames if f is not None and len(f)]
+def lonlat(points: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of ``points``: its ``lon``/``lat`` columns, or else its point geometry.
+
+    The map queries hand over plain ``lon``/``lat`` float columns (building 100,000 shapely
+    points only to read their coordinates back cost a quarter of a second); a GeoDataFrame of
+    EPSG:4326 points works as well.
+
+    Parameters
+    ----------
+    points : DataFrame or GeoDataFrame
+    name : str
+        Argument name for messages.
+
+    Returns
+    -------
+    lon, lat : numpy.ndarray of float
+
+    Raises
+    ------
+    MapInputError
+        Neither ``lon``/``lat`` nor a geometry; non-finite coordinates; a CRS other than
+        EPSG:4326; geometries other than points.
+    """
+    if "lon" in points.columns and "lat" in points.columns:
+        lon = points["lon"].to_numpy(dtype=float)
+        lat = points["lat"].to_numpy(dtype=float)
+        bad = ~(np.isfinite(lon) & np.isfinite(lat))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise MapInputError(f"{name}.lon/lat at row {i} is ({lon[i]}, {lat[i]}); finite degrees are required")
+        return lon, lat
+    if not isinstance(points, gpd.GeoDataFrame):
+        raise MapInputError(f"{name} has neither lon/lat columns nor a geometry; it has {list(points.columns)}")
+    if len(points) and points.crs is not None and points.crs.to_epsg() != 4326:
+        raise MapInputError(f"{name}.crs={points.crs.to_string()!r}; expected EPSG:4326 (storage)")
+    kinds = set(points.geom_type.unique()) - {"Point"}
+    if kinds:
+        raise MapInputError(f"{name}.geometry has {sorted(kinds)}; only Point is allowed")
+    return points.geometry.x.to_numpy(), points.geometry.y.to_numpy()
+
+
+def bounds_of(*frames: Any) -> tuple[float, float, float, float]:
+    """Joint lon/lat bounds of non-empty frames (NaNs when all are empty).
+
+    A frame is a GeoDataFrame or a frame of points with ``lon``/``lat`` columns.
+    """
+    boxes = []
+    for f in frames:
+        if f is None or not len(f):
+            continue
+        if not isinstance(f, gpd.GeoDataFrame) or ("lon" in f.columns and "lat" in f.columns):
+            lon, lat = lonlat(f, "points")
+            boxes.append(np.array([lon.min(), lat.min(), lon.max(), lat.max()]))
+        else:
+            boxes.append(f.to_crs(4326).total_bounds)
     if not boxes:
         return (np.nan, np.nan, np.nan, np.nan)
     arr = np.vstack(boxes)

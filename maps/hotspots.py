@@ -9,6 +9,7 @@ from __future__ import annotations
 import folium
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 from folium.plugins import HeatMap
 from folium.utilities import JsCode
 from pyproj import CRS
@@ -27,6 +28,7 @@ from maps.canvas import (
     esc,
     finish,
     legend,
+    lonlat,
     new_map,
     notice,
     to_display_geojson,
@@ -76,7 +78,7 @@ def _add_classes(m: folium.Map, res: HotspotResult, name: str, lg: Lang, *, show
 
 
 def render_hotspots(
-    leads: gpd.GeoDataFrame,
+    leads: pd.DataFrame,
     townships: gpd.GeoDataFrame,
     *,
     crs: CRS | int | str = 4527,
@@ -90,8 +92,9 @@ def render_hotspots(
 
     Parameters
     ----------
-    leads : geopandas.GeoDataFrame
-        Points in EPSG:4326, already filtered to one body / time window by the caller.
+    leads : DataFrame or geopandas.GeoDataFrame
+        Points as ``lon``/``lat`` columns or an EPSG:4326 point geometry, already filtered to
+        one body / time window by the caller.
     townships : geopandas.GeoDataFrame
         Polygons with ``code`` and ``name``.
     crs : pyproj.CRS, int or str, default 4527
@@ -113,7 +116,7 @@ def render_hotspots(
     lg = parse_lang(lang)
     if unit not in (None, "township", "grid"):
         raise MapInputError(f"unit={unit!r}; allowed: 'township', 'grid'")
-    lon, lat = leads.geometry.x.to_numpy(), leads.geometry.y.to_numpy()
+    lon, lat = lonlat(leads, "leads")
     m = new_map(bounds_of(townships, leads), tiles=tiles, attribution=attribution)
     add_boundaries(m, townships, lang=lg)
     town = township_hotspots(lon, lat, townships, crs=crs)

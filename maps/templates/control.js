@@ -24,7 +24,7 @@ var {{ this.get_name() }} = (function () {
     var div = L.DomUtil.create("div", {{ this.css_class_json }});
     div.setAttribute("data-leadgrid", {{ this.role_json }});
     // the HTML was escaped on the server; it holds no user markup
-    div.innerHTML = {{ this.html_json }};
+    div.innerHTML = {{ this.get_name() }}_html;
     L.DomEvent.disableClickPropagation(div);
     return div;
   };

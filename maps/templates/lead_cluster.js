@@ -1,7 +1,7 @@
 {% macro script(this, kwargs) %}
 var {{ this.get_name() }} = (function () {
   var map = {{ this._parent.get_name() }};
-  var P = {{ this.payload }};
+  var P = {{ this.get_name() }}_payload;
   var n = P.n;
   // Columns are little-endian unsigned integers, base64 (maps/payload.py pack_uint).
   function col(c) {
@@ -12,11 +12,6 @@ var {{ this.get_name() }} = (function () {
       out[i] = v;
     }
     return out;
-  }
-  function esc(s) {
-    return String(s).replace(/[&<>"']/g, function (ch) {
-      return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[ch];
-    });
   }
   var lat = col(P.lat), lon = col(P.lon), st = col(P.status), body = col(P.body),
       grp = col(P.group), cat = col(P.category), cpre = col(P.code_prefix),
@@ -34,7 +29,8 @@ var {{ this.get_name() }} = (function () {
   function pad(v, w) { var s = String(v); while (s.length < w) { s = "0" + s; } return s; }
   function code(i) {
     var p = P.code_prefixes[cpre[i]];
-    return p[0] + (p[1] > 0 ? pad(cnum[i], p[1]) : "");
+    // the tail is upper-case hex (maps/distribution.py _split_codes)
+    return p[0] + (p[1] > 0 ? pad(cnum[i].toString(16).toUpperCase(), p[1]) : "");
   }
   function deadline(i) {
     if (dl[i] === 0) { return P.labels.none; }
@@ -48,9 +44,17 @@ var {{ this.get_name() }} = (function () {
                 [P.labels.status, P.status_labels[st[i]]], [P.labels.deadline, deadline(i)],
                 [P.labels.body, P.bodies[body[i]]]];
     texts.forEach(function (t) { var v = t.dict[t.idx[i]]; if (v) { rows.push([t.label, v]); } });
-    return '<div class="leadgrid-tip"><table>' + rows.map(function (r) {
-      return "<tr><th>" + esc(r[0]) + "</th><td>" + esc(r[1]) + "</td></tr>";
-    }).join("") + "</table></div>";
+    // DOM nodes filled with textContent: no user text is ever parsed as HTML.
+    var div = document.createElement("div"), table = document.createElement("table");
+    div.className = "leadgrid-tip";
+    rows.forEach(function (r) {
+      var tr = table.insertRow(), th = document.createElement("th");
+      th.textContent = r[0];
+      tr.appendChild(th);
+      tr.insertCell().textContent = r[1];
+    });
+    div.appendChild(table);
+    return div;
   }
   function ready() { map.getContainer().setAttribute("data-leadgrid-ready", "1"); }
   // Clusters are neutral slate discs: the default green/yellow/orange-by-size would read as the

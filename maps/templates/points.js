@@ -1,6 +1,6 @@
 {% macro script(this, kwargs) %}
 var {{ this.get_name() }} = (function () {
-  var data = {{ this.payload }};
+  var data = {{ this.get_name() }}_data;
   var group = L.featureGroup();
   for (var i = 0; i < data.length; i++) {
     var d = data[i];

@@ -71,7 +71,7 @@ def seed_leads(db: Db, n: int, *, seed: int = 5) -> Seeded:
     return Seeded(out, on_time)
 
 
-_PAYLOAD = re.compile(r"var P = (\{.*?\});\n", re.S)
+_PAYLOAD = re.compile(r"var lead_cluster_\w+_payload = (\{.*?\});\n", re.S)
 
 
 def _col(c: dict[str, Any], n: int) -> np.ndarray:
@@ -93,7 +93,7 @@ def map_leads(html: str) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         prefix, width = p["code_prefixes"][pre[i]]
-        code = prefix + (str(num[i]).zfill(width) if width > 0 else "")
+        code = prefix + (format(int(num[i]), "X").zfill(width) if width > 0 else "")
         out.append({"code": code, "status": p["status_labels"][st[i]], "body": p["bodies"][body[i]],
                     "category": p["categories"][cat[i]], "lon": float(lon[i]), "lat": float(lat[i]),
                     "texts": [d[idx[i]] for d, idx in texts]})

@@ -163,3 +163,36 @@ def test_monitoring_points_in_scope(api: Api) -> None:
     assert shows(everyone, "点 MN-A") and shows(everyone, "点 MN-B")
     mine = get(api, "/maps/monitoring", "field_a").text
     assert shows(mine, "点 MN-A") and not shows(mine, "点 MN-B")
+
+
+def test_pages_are_gzipped_for_clients_that_accept_it(api: Api, stored: Seeded) -> None:
+    plain = api.client.get("/maps/distribution", headers={**api.as_("leader"), "Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.headers["vary"] == "Accept-Encoding"
+    for accept in ("gzip", "br;q=1.0, gzip;q=0.8", "*"):
+        r = api.client.get("/maps/distribution", headers={**api.as_("leader"), "Accept-Encoding": accept})
+        assert r.headers["content-encoding"] == "gzip", accept
+        assert int(r.headers["content-length"]) < len(r.content) / 2  # sent compressed, decoded by httpx
+        assert map_leads(r.text) == map_leads(plain.text)
+    refused = api.client.get("/maps/status", headers={**api.as_("leader"), "Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in refused.headers
+
+
+def test_lead_text_is_never_run_as_a_template(api: Api) -> None:
+    """A lead's text that looks like Jinja stays text (branca compiles rendered output as a template)."""
+    from datetime import timedelta
+
+    from layers import leads as lead_store
+    from tests.conftest import NOW
+
+    texts = ("{{ 'SST' ~ 'I-X' }}", "{# SSTI-Z", "{% if 0 %}hidden-SSTI{% endif %}")
+    with api.db.uow() as s:
+        lead_store.submit(s, [lead_store.LeadIn(
+            channel="12345", external_id=f"tmpl-{i}", category="catering_fumes", reported_at=NOW - timedelta(days=1),
+            description=t, address=t, lon=117.05 + i / 100, lat=34.05) for i, t in enumerate(texts)],
+            actor="test", now=NOW)
+    for path in MAPS:
+        r = get(api, path)
+        assert r.status_code == 200, path
+        assert "SSTI-X" not in r.text and "{{" not in r.text and "{#" not in r.text, path
+    shown = {t for x in map_leads(get(api, "/maps/distribution").text) for t in x["texts"]}
+    assert set(texts) <= shown

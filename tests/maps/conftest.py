@@ -101,7 +101,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]
     server.shutdown()
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API refuses to start while another instance runs, and
+# tests/api/test_maps_served_browser.py starts its own in the same session.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium")

@@ -187,7 +187,82 @@ def test_codes_split_into_prefix_and_number() -> None:
 
     from maps.distribution import _split_codes
 
-    idx, table, number = _split_codes(pd.Series(["XZ2024000123", "AB", "X-7", None, "中文05"]))
-    # Up to 9 trailing digits become the number; the JS side pads it back to that width.
-    assert [table[i] for i in idx] == [["XZ2", 9], ["AB", 0], ["X-", 1], ["", 0], ["中文", 2]]
-    assert list(number) == [24000123, 0, 7, 0, 5]
+    codes = ["XZ2024000123", "ab", "X-7", None, "中文05", "L20261101-9F3A07C2", "L20261101-00000A0B", "Q-FFFFFFFF"]
+    idx, table, number = _split_codes(pd.Series(codes))
+    # Up to 8 trailing upper-case hex characters become the number; the JS side writes it back
+    # in hex padded to that width.
+    assert [table[i] for i in idx] == [["XZ20", 8], ["ab", 0], ["X-", 1], ["", 0], ["中文", 2],
+                                       ["L20261101-", 8], ["L20261101-", 8], ["Q-", 8]]
+    assert list(number) == [0x24000123, 0, 7, 0, 5, 0x9F3A07C2, 0xA0B, 0xFFFFFFFF]
+    rebuilt = [table[i][0] + (format(v, "X").zfill(table[i][1]) if table[i][1] else "")
+               for i, v in zip(idx, number, strict=True)]
+    assert rebuilt == [c or "" for c in codes]
+
+
+# branca compiles each element's rendered output as a Jinja template again, so user text that
+# reached it raw would run on the server ({{ … }}) or break the page ({# …): evaluated, the first
+# gives "SSTI-X", the second drops "hidden-SSTI", the third raises TemplateSyntaxError.
+TEMPLATE_TEXTS = ("{{ 'SST' ~ 'I-X' }}", "{% if 0 %}hidden-SSTI{% endif %}", "{# SSTI-Z")
+
+
+def test_user_text_is_never_run_as_a_template(leads, townships, status_areas, monitoring_points) -> None:
+    from tests.api.mapseed import map_leads
+
+    t = TEMPLATE_TEXTS
+    few = leads.head(60).copy()
+    few["description"], few["address"], few["category"] = t[0], t[1], t[2]
+    few["body"] = [t[i % 3] for i in range(len(few))]
+    few["code"] = [f"{t[i % 3]}-{i}" for i in range(len(few))]
+    towns = townships.assign(name=[t[i % 3] for i in range(len(townships))])
+    areas = status_areas.assign(name=[t[i % 3] for i in range(len(status_areas))], worst_body=t[1])
+    points = monitoring_points.assign(name=t[2], latest=t[0])
+    pages = all_maps(few, towns, areas, points)
+    for name, page in pages.items():
+        assert "SSTI-X" not in page, name
+        assert "{{" not in page and "{%" not in page and "{#" not in page, name
+    for name in ("distribution", "status", "hotspots"):
+        assert "hidden-SSTI" in pages[name] and "SSTI-Z" in pages[name], name
+    # the browser still gets the very text: the payload decodes to it
+    decoded = map_leads(pages["distribution"])
+    assert {x["texts"][0] for x in decoded} == {t[0]} and {x["texts"][1] for x in decoded} == {t[1]}
+    assert {x["code"] for x in decoded} == set(few["code"])
+
+
+def test_script_json_never_opens_a_template_tag() -> None:
+    value = {"a": "{{x}} {%y%} {#z#} {{{", "b": [{"c": {}}], "d": "{"}
+    s = script_json(value)
+    assert "{{" not in s and "{%" not in s and "{#" not in s
+    assert json.loads(s) == value
+
+
+def test_dictionary_encode_of_categoricals_matches_plain_text() -> None:
+    import pandas as pd
+
+    from maps.payload import dictionary_encode
+    from maps.style import STATUSES
+
+    rng = np.random.default_rng(3)
+    values = rng.choice(np.array(["b", "a", None, "c", "", "中"], dtype=object), 500)
+    cat = pd.Series(pd.Categorical(values, categories=["c", "b", "a", "中", "", "unused"]))
+    codes, words = dictionary_encode(cat)
+    plain_codes, plain_words = dictionary_encode(pd.Series(values, dtype=object))
+    assert words == plain_words == ["", "a", "b", "c", "中"]  # sorted, missing as '', unused left out
+    assert (codes == plain_codes).all()
+    st = rng.choice(np.array(["closed", "merged", None, "signed"], dtype=object), 200)
+    codes, words = dictionary_encode(pd.Series(pd.Categorical(st)), order=STATUSES)
+    plain_codes, _ = dictionary_encode(pd.Series(st, dtype=object), order=STATUSES)
+    assert words == list(STATUSES) and (codes == plain_codes).all()
+    assert words[codes[list(st).index("merged")]] == "other"
+
+
+def test_lon_lat_columns_render_like_point_geometry(leads, townships) -> None:
+    from tests.api.mapseed import map_leads
+
+    plain = leads.drop(columns="geometry").assign(lon=leads.geometry.x, lat=leads.geometry.y)
+    plain = plain.assign(status=plain["status"].astype("category"), body=plain["body"].astype("category"))
+    assert map_leads(html_of(render_distribution(plain, townships))) == map_leads(
+        html_of(render_distribution(leads, townships)))
+    with pytest.raises(ValueError, match=r"leads.lon/lat at row 1 is \(nan, 34.0\)"):
+        render_distribution(plain.head(2).assign(lon=[117.0, np.nan], lat=34.0), townships)
+    hot = html_of(render_hotspots(plain[["lon", "lat"]], townships))
+    assert has(hot, "热点分析")
