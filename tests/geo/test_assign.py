@@ -5,8 +5,12 @@ At lat 34, 0.001 deg of longitude is 92.39 m and 0.001 deg of latitude is 110.9 
 
 from __future__ import annotations
 
+import json
+import pickle
+
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import shapely
 from shapely.geometry import Polygon, box
@@ -326,3 +330,156 @@ def test_identical_to_brute_force_covers(max_cells: int) -> None:
     expected_method = np.where(count >= 2, "border", np.where(count == 1, "inside", "unassigned"))
     assert df["method"].astype(str).tolist() == expected_method.tolist()
     assert (count >= 2).sum() > 100 and (count == 0).sum() > 100  # the hard cases are exercised
+
+
+# ---------------------------------------------------------------- lookup == assign, property-style
+
+
+def _lookup_row(d: dict) -> dict:
+    """A lookup() answer in assign()'s column layout."""
+    return {
+        "city_code": (d["city"] or {}).get("code"),
+        "county_code": (d["county"] or {}).get("code"),
+        "township_code": (d["township"] or {}).get("code"),
+        "method": d["method"],
+        "reason": d["reason"],
+        "distance_m": d["distance_m"],
+        "candidates": d["candidates"],
+        "review": d["review"],
+    }
+
+
+def assert_lookup_equals_assign(
+    index: BoundaryIndex, lon: np.ndarray, lat: np.ndarray, **kw: float
+) -> pd.DataFrame:
+    """Every field of lookup() equals assign() on every point, exactly (floats bit for bit).
+
+    Shared with the real-data test. Returns assign()'s frame so callers can check that the
+    points exercised the hard cases.
+    """
+    df = assign(index, lon, lat, **kw)
+    expected = df.to_dict("records")
+    bad = []
+    for i, (x, y) in enumerate(zip(lon.tolist(), lat.tolist(), strict=True)):
+        got = _lookup_row(lookup(index, x, y, **kw))
+        exp = expected[i]
+        same = all(
+            got[k] == exp[k] or (k == "distance_m" and np.isnan(got[k]) and np.isnan(exp[k]))
+            for k in got
+        )
+        # Same types as well: a Method, a str reason, plain lists of dicts with float distances.
+        same = same and type(got["method"]) is type(exp["method"]) and all(
+            type(c["distance_m"]) is float for c in got["candidates"]
+        )
+        if not same:
+            bad.append((i, x, y, got, exp))
+    assert not bad, f"{len(bad)} of {len(lon)} lookups differ from assign, first: {bad[:2]}"
+    return df
+
+
+def _probe_points(
+    gdf: gpd.GeoDataFrame, n: int, rng: np.random.Generator, max_offset_deg: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform points over the (padded) extent, vertices, points on edges, and points offset
+    from edges by up to ``max_offset_deg`` (so: on, just inside / outside, near borders)."""
+    geoms = gdf.geometry.values
+    b = gdf.total_bounds
+    pad = 3 * max_offset_deg
+    ux = rng.uniform(b[0] - pad, b[2] + pad, n)
+    uy = rng.uniform(b[1] - pad, b[3] + pad, n)
+    rings = shapely.boundary(geoms)
+    verts = shapely.get_coordinates(rings)
+    verts = verts[rng.integers(0, len(verts), n // 4)]
+    on = shapely.get_coordinates(
+        shapely.line_interpolate_point(
+            rings[rng.integers(0, len(geoms), n)], rng.uniform(0, 1, n), normalized=True
+        )
+    )
+    # Offsets on a log scale: centimetres to max_offset_deg.
+    off = rng.normal(size=(n, 2)) * np.exp(rng.uniform(np.log(1e-7), np.log(max_offset_deg), n))[
+        :, None
+    ]
+    lon = np.concatenate([ux, verts[:, 0], on[:, 0], on[:, 0] + off[:, 0]])
+    lat = np.concatenate([uy, verts[:, 1], on[:, 1], on[:, 1] + off[:, 1]])
+    return lon, lat
+
+
+def _hierarchy_layer() -> gpd.GeoDataFrame:
+    """City > 2 counties > townships that leave gaps (fallback to county / city), an overlap
+    (broken layer) and a river gap between townships (nearest)."""
+    c1 = box(X0, Y0, X0 + 2 * S, Y0 + 2 * S)
+    c2 = box(X0 + 2 * S, Y0, X0 + 4 * S, Y0 + 2 * S)
+    city = box(X0 - S, Y0 - S, X0 + 5 * S, Y0 + 3 * S)
+    return _layer(
+        [
+            ("320300", "city", None, city),
+            ("320311", "county", "320300", c1),
+            ("320312", "county", "320300", c2),
+            ("320311001", "township", "320311", box(X0, Y0, X0 + S, Y0 + S)),
+            ("320311002", "township", "320311", box(X0 + S, Y0, X0 + 2 * S, Y0 + S)),
+            # overlaps 320311001 by 0.002 deg (a broken layer): points there are 'overlap'
+            ("320311003", "township", "320311", box(X0, Y0 + S - 0.002, X0 + S, Y0 + 2 * S)),
+            # 0.001 deg (~92 m) river gap to the next township
+            ("320312001", "township", "320312", box(X0 + 2 * S + 0.001, Y0, X0 + 3 * S, Y0 + S)),
+            (
+                "320312002",
+                "township",
+                "320312",
+                Polygon([(X0 + 3 * S, Y0), (X0 + 4 * S, Y0), (X0 + 3.5 * S, Y0 + 1.5 * S)]),
+            ),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"tolerance_m": 500.0, "near_border_m": 120.0}, {"tolerance_m": 0.0, "near_border_m": 0.0}],
+    ids=["defaults", "wide", "zero"],
+)
+@pytest.mark.parametrize("layer", ["messy", "hierarchy"])
+def test_lookup_equals_assign_on_random_and_border_points(layer: str, kw: dict) -> None:
+    gdf = _messy_layer() if layer == "messy" else _hierarchy_layer()
+    rng = np.random.default_rng(17)
+    lon, lat = _probe_points(gdf, 800, rng, max_offset_deg=0.004)
+    for max_cells in (64, 1 << 20):  # coarse grid: few pure cells; fine grid: many
+        idx = BoundaryIndex.build(gdf, "v", max_cells=max_cells)
+        df = assert_lookup_equals_assign(idx, lon, lat, **kw)
+        methods = df["method"].value_counts()
+        assert methods.get(Method.border, 0) > 50 and methods.get(Method.inside, 0) > 500
+        assert methods.get(Method.unassigned, 0) > 20
+        if kw.get("tolerance_m", 200.0) > 0:
+            assert methods.get(Method.nearest, 0) > 20
+        if kw.get("near_border_m", 50.0) > 0:
+            assert (df["candidates"].map(len) >= 2).sum() > 100
+    if layer == "hierarchy":
+        # Fallbacks to the county and city levels, and overlaps, were exercised too.
+        reasons = df["reason"].astype(str)
+        assert reasons.str.contains("; county: ").sum() > 5
+        assert reasons.str.contains("; city: ").sum() > 5
+        assert reasons.str.startswith("on overlap of").sum() > 5
+
+
+def test_rows_without_candidates_share_one_read_only_empty_list(two_squares: BoundaryIndex) -> None:
+    df = assign(two_squares, [X0 + 0.005, X0 + 0.006, X0 + S], [Y0 + 0.005, Y0 + 0.005, Y0 + 0.005])
+    a, b, c = df["candidates"].tolist()
+    assert a == [] and isinstance(a, list) and a is b and len(c) == 2
+    assert json.dumps(a) == "[]" and pickle.loads(pickle.dumps(a)) == []
+    for mutate in (lambda v: v.append(1), lambda v: v.extend([1]), lambda v: v.__iadd__([1])):
+        with pytest.raises(TypeError, match="read-only"):
+            mutate(a)
+    assert b == [] and list(a) == [] and list(a) is not a  # a copy is an ordinary list
+    c.append({"code": "x"})  # rows with candidates own their list
+    assert len(df["candidates"].iloc[2]) == 3 and df["candidates"].iloc[0] == []
+
+
+def test_scalar_metres_per_degree_is_bit_identical_to_the_array_version() -> None:
+    """lookup() and assign() measure near-border distances with these scales: any last-bit
+    difference could flip a rounding of a candidate's distance or a radius test."""
+    from geo.assign import _metres_per_degree, _metres_per_degree1
+
+    lat = np.random.default_rng(5).uniform(-89.9, 89.9, 50_000)
+    lat[:7] = [0.0, -0.0, 34.0, 45.0, 89.0, -89.0, 1e-300]
+    m_lon, m_lat = _metres_per_degree(lat)
+    pairs = [_metres_per_degree1(v) for v in lat.tolist()]
+    assert [p[0] for p in pairs] == m_lon.tolist()
+    assert [p[1] for p in pairs] == m_lat.tolist()

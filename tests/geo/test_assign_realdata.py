@@ -14,15 +14,21 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import shapely
 
 from geo import crs
-from geo.assign import BoundaryIndex, assign
+from geo.assign import BoundaryIndex, Method, assign
+from tests.geo.test_assign import _probe_points, assert_lookup_equals_assign
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "boundaries"
 GCJ = DATA / "xuzhou_counties.geojson"
 TDT = DATA / "xuzhou_counties_tianditu_cgcs2000.geojson"
+CITY = DATA / "xuzhou_city.geojson"
+# No open township polygons exist for Xuzhou (only codes, xuzhou_townships_codes.csv); should a
+# township layer appear under this name, the lookup test below uses it as the deepest level.
+TOWNSHIPS = DATA / "xuzhou_townships.geojson"
 
 pytestmark = [
     pytest.mark.realdata,
@@ -108,3 +114,42 @@ def test_unconverted_gcj02_layer_is_measurably_wrong_near_borders(
     assert agree_conv >= 0.87  # measured 0.900
     assert agree_naive <= 0.84  # measured 0.798
     assert agree_conv - agree_naive >= 0.07
+
+
+def test_lookup_equals_assign_on_the_real_xuzhou_layer() -> None:
+    """lookup() == assign(), field by field, on the detailed GCJ-02 county layer (14,576
+    vertices, converted) under the city, for random points and points on / near its borders."""
+    layer = _layer(GCJ, "gcj02")
+    layer["parent_code"] = "320300"
+    parts = [layer]
+    if CITY.exists():
+        city = _layer(CITY, "gcj02")
+        city["level"] = "city"
+        parts.insert(0, city)
+    if TOWNSHIPS.exists():
+        towns = gpd.read_file(TOWNSHIPS)
+        parts.append(
+            gpd.GeoDataFrame(
+                {
+                    "code": towns["adcode"].astype(str),
+                    "name": towns["name"],
+                    "level": "township",
+                    "parent_code": towns["parent_adcode"].astype(str),
+                },
+                geometry=crs.geometry_to_storage(
+                    np.asarray(towns.geometry.values, dtype=object), "gcj02"
+                ),
+                crs=4326,
+            )
+        )
+    full = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=4326)
+    index = BoundaryIndex.build(full, "xuzhou-real")
+    deepest = full[full["level"] == index.levels[-1].value]
+    rng = np.random.default_rng(23)
+    lon, lat = _probe_points(deepest, 1500, rng, max_offset_deg=0.004)
+    for kw in ({}, {"tolerance_m": 500.0, "near_border_m": 120.0}):
+        df = assert_lookup_equals_assign(index, lon, lat, **kw)
+        methods = df["method"].value_counts()
+        assert methods.get(Method.inside, 0) > 1000 and methods.get(Method.border, 0) > 100
+        assert methods.get(Method.nearest, 0) > 20 and methods.get(Method.unassigned, 0) > 20
+        assert (df["candidates"].map(len) >= 2).sum() > 500
