@@ -35,6 +35,7 @@ import functools
 import json
 import logging
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,8 +44,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import ColumnElement, Table, and_, bindparam, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, Table, Text, and_, func, insert, or_, select, update
+from sqlalchemy import cast as sql_cast
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session, sessionmaker
 
 from geo import crs as gcrs
@@ -520,28 +522,25 @@ class IngestResult:
         self.leads_created += other.leads_created
 
 
-def _dialect_insert(session: Session, table: Any) -> Any:
-    name = session.get_bind().dialect.name
-    return postgresql.insert(table) if name == "postgresql" else sqlite.insert(table)
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def _finite(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-# Rows per multi-row INSERT: psycopg parses each statement's text client-side and only caches
-# short ones, so pages of a few dozen rows (same text every page) beat one giant statement.
 _HEADLINE = {"2011": ("Rtd", "ZsRtd"), "2051": ("Avg", "ZsAvg"), "2061": ("Avg", "ZsAvg"),
              "2031": ("Avg", "ZsAvg")}
 
 
 def _headline(cn: str, values: Mapping[str, float | None]) -> float | None:
     for name in _HEADLINE.get(cn, ("Rtd", "Avg")):
-        v = _finite(values.get(name))
+        v = values.get(name)
         if v is not None:
             return float(v)
     for name in ("Rtd", "Avg", "Data", "Max", "Min", "Cou"):
-        v = _finite(values.get(name))
+        v = values.get(name)
         if v is not None:
             return float(v)
     return None
@@ -562,11 +561,140 @@ def _quarantine_row(raw: bytes, reason: str, received_at: datetime, peer: str, m
             "mn": mn, "size": len(raw), "raw": raw}
 
 
+# ------------------------------------------------------------------- set-based statements
+#
+# The hot path writes a whole batch with one statement per table, whatever its size: the rows
+# travel as one JSON array parameter (encoded by the C encoder in one call) that the database
+# unpacks itself, ``jsonb_array_elements`` on PostgreSQL and ``json_each`` on SQLite. The
+# statement text is fixed, so it is parsed and planned once per connection and the driver
+# caches its conversion, and no layer does per-row work in Python. (The insertmanyvalues route
+# this replaces spent most of a batch building and converting giant multi-row statements;
+# arrays per column with ``unnest`` spent it in psycopg's pure-Python text-array quoting.)
+
+_Cols = tuple[tuple[str, str], ...]  # (column, PostgreSQL type of one value)
+
+_READING_COLS: _Cols = (("mn", "varchar"), ("cn", "varchar"), ("data_time", "timestamptz"),
+                        ("pollutant", "varchar"), ("value", "float8"), ("fields", "jsonb"), ("flag", "varchar"),
+                        ("received_at", "timestamptz"), ("skew_s", "float8"))
+_LINK_COLS: _Cols = (("mn", "varchar"), ("last_received_at", "timestamptz"), ("last_data_time", "timestamptz"),
+                     ("last_skew_s", "float8"), ("last_peer", "varchar"), ("packets", "int4"), ("readings", "int4"))
+_RUN_STATE = ("over", "under", "run_start", "run_max", "last_data_time", "episode_id")
+_RUN_STATE_COLS: _Cols = (("over", "int4"), ("under", "int4"), ("run_start", "timestamptz"),
+                          ("run_max", "float8"), ("last_data_time", "timestamptz"), ("episode_id", "int4"))
+_RUN_UPDATE_COLS: _Cols = (("id", "int4"), *_RUN_STATE_COLS)
+_RUN_INSERT_COLS: _Cols = (("mn", "varchar"), ("pollutant", "varchar"), ("cn", "varchar"), *_RUN_STATE_COLS)
+
+
+def _names(cols: _Cols, prefix: str = "") -> str:
+    return ", ".join(f'{prefix}"{c}"' for c, _ in cols)
+
+
+@functools.lru_cache(maxsize=64)
+def _rows_from(pg: bool, cols: _Cols) -> str:
+    """A FROM item ``v`` yielding the rows passed by :func:`_rows_params`."""
+    if pg:
+        picks = ", ".join((f"r->{i}" if t == "jsonb" else f"CAST(r->>{i} AS {t})") + f' AS "{c}"'
+                          for i, (c, t) in enumerate(cols))
+        return f"(SELECT {picks} FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r) AS v"
+    picks = ", ".join(f"json_extract(value, '$[{i}]') AS \"{c}\"" for i, (c, _) in enumerate(cols))
+    return f"(SELECT {picks} FROM json_each(:rows)) AS v"
+
+
+def _rows_params(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """Parameters of :func:`_rows_from`: the rows (values in column order, datetimes already
+    through :class:`_Stamps`) as one JSON array, encoded in C in one call."""
+    return {"rows": json.dumps(rows, separators=(",", ":"), allow_nan=False)}
+
+
+def _mn_in(pg: bool, column: str) -> str:
+    """``column`` is one of the MNs in parameter ``:mns`` (see :func:`_mns_param`)."""
+    return f"{column} = ANY(CAST(:mns AS varchar[]))" if pg else f"{column} IN (SELECT value FROM json_each(:mns))"
+
+
+def _mns_param(pg: bool, mns: Iterable[str]) -> Any:
+    return list(mns) if pg else json.dumps(list(mns))
+
+
+class _Stamps:
+    """Datetimes as text for :func:`_rows_params`, memoised (a batch has few distinct DataTimes
+    and receive times).
+
+    SQLite gets exactly what SQLAlchemy's own bind processing stores, so keys and range queries
+    match rows written by any other path; PostgreSQL gets ISO 8601 in UTC for ``timestamptz``.
+    """
+
+    def __init__(self, session: Session) -> None:
+        dialect = session.get_bind().dialect
+        processor = _READINGS.c.data_time.type.dialect_impl(dialect).bind_processor(dialect)
+        assert processor is not None  # UTCDateTime always has one (it checks the zone)
+        self.pg = dialect.name == "postgresql"
+        self._process: Callable[[Any], Any] = processor
+        self._memo: dict[datetime, str] = {}
+
+    def __call__(self, moment: datetime | None) -> str | None:
+        if moment is None:
+            return None
+        out = self._memo.get(moment)
+        if out is None:
+            bound = self._process(moment)
+            out = self._memo[moment] = bound.isoformat() if self.pg else bound
+        return out
+
+    def returned(self, value: Any) -> str | None:
+        """A datetime column as read back by the driver, in the form :meth:`__call__` gives."""
+        return self(value) if self.pg else value
+
+
+@dataclass(frozen=True, slots=True)
+class _Point:
+    active: bool
+    limits: str  # the stored JSON text: the key of the parsed-rules cache
+    missing_open: bool  # an open data-missing episode, to close now that data came
+    runs: dict[tuple[str, str], dict[str, Any]]  # (pollutant, CN) → stored exceedance run state
+
+
+_RUN_NAMES = ("id", "mn", "pollutant", "cn", *_RUN_STATE)
+
+
+def _load_points(session: Session, pg: bool, mns: Sequence[str]) -> dict[str, _Point]:
+    """The batch's points with everything the batch needs from them, in one round trip:
+    limits, whether a data-missing episode is open, and their exceedance run states."""
+    pt, runs, ep = MonitoringPoint, _RUNS.c, MonitoringEpisode
+    missing = select(ep.id).where(ep.mn == pt.mn, ep.kind == DATA_MISSING, ep.status == "open").exists()
+    stmt = (select(pt.mn, pt.active, sql_cast(pt.limits, Text), missing, *(runs[c] for c in _RUN_NAMES))
+            .select_from(cast(Table, pt.__table__).outerjoin(_RUNS, runs.mn == pt.mn))
+            .where(sql_text(_mn_in(pg, f"{pt.__tablename__}.mn")).bindparams(mns=_mns_param(pg, mns))))
+    out: dict[str, _Point] = {}
+    for mn, active, limits, missing_open, *run in session.execute(stmt).all():
+        point = out.get(mn)
+        if point is None:
+            point = out[mn] = _Point(bool(active), limits or "{}", bool(missing_open), {})
+        if run[0] is not None:
+            state = dict(zip(_RUN_NAMES, run, strict=True))
+            point.runs[(state["pollutant"], state["cn"])] = state
+    return out
+
+
+# (mn, cn, DataTime as bound, pollutant): the storage key of a reading.
+_Key = tuple[str, str, Any, str]
+
+
+@dataclass(slots=True)
+class _NewReading:
+    mn: str
+    cn: str
+    data_time: datetime
+    pollutant: str
+    values: dict[str, float | None]
+    flag: str | None
+
+
 def store_batch(session: Session, items: Sequence[IngestItem], *, now: datetime, actor: str = ACTOR) -> IngestResult:
     """Write a batch from the receiver in the caller's unit of work.
 
-    Readings are inserted with ``ON CONFLICT DO NOTHING`` on the key (MN, CN, DataTime,
-    pollutant), so a retransmission stores nothing twice; only readings that were actually new
+    Readings are inserted with one ``INSERT … ON CONFLICT DO NOTHING RETURNING`` on the key
+    (MN, CN, DataTime, pollutant), so a retransmission stores nothing twice, whether it repeats
+    a stored reading or one earlier in the same batch; only readings that were actually new
     feed the exceedance engine. Packets from unknown MNs and data packets without a DataTime
     are quarantined with their raw bytes. Every point that sent data has its link state
     (receive time, DataTime, clock skew, peer) updated and any open data-missing episode closed.
@@ -587,6 +715,8 @@ def store_batch(session: Session, items: Sequence[IngestItem], *, now: datetime,
     IngestResult
     """
     res = IngestResult()
+    pg = _is_pg(session)
+    stamp = _Stamps(session)
     quarantine: list[dict[str, Any]] = []
     accepted: list[Accepted] = []
     for it in items:
@@ -595,147 +725,128 @@ def store_batch(session: Session, items: Sequence[IngestItem], *, now: datetime,
         else:
             accepted.append(it)
     mns = sorted({a.packet.mn for a in accepted if a.packet.mn})
-    points: dict[str, Any] = {}
-    if mns:
-        for prow in session.execute(select(MonitoringPoint.id, MonitoringPoint.mn, MonitoringPoint.limits,
-                                           MonitoringPoint.active).where(MonitoringPoint.mn.in_(mns))):
-            points[prow.mn] = prow
-    readings: dict[tuple[str, str, datetime, str], dict[str, Any]] = {}
+    points = _load_points(session, pg, mns) if mns else {}
+    rows: dict[_Key, list[Any]] = {}  # values in _READING_COLS order
+    news: dict[_Key, _NewReading] = {}
     links: dict[str, dict[str, Any]] = {}
     for a in accepted:
         pk = a.packet
-        if not pk.mn or pk.mn not in points:
+        mn = pk.mn
+        if not mn or mn not in points:
             quarantine.append(_quarantine_row(
-                pk.raw, f"unknown_mn: MN={pk.mn!r} is not a registered monitoring point "
-                        "(import it with `leadgrid monitoring import`)", a.received_at, a.peer, pk.mn or None))
+                pk.raw, f"unknown_mn: MN={mn!r} is not a registered monitoring point "
+                        "(import it with `leadgrid monitoring import`)", a.received_at, a.peer, mn or None))
             continue
-        rows: list[dict[str, Any]] = []
-        bad_time = False
+        if any((r.data_time or pk.data_time) is None for r in pk.readings):
+            quarantine.append(_quarantine_row(pk.raw, "bad_datatime: data without a DataTime cannot be "
+                                              "stored idempotently", a.received_at, a.peer, mn))
+            continue
+        res.packets += 1
+        received = stamp(a.received_at)
+        skew = None if pk.clock_skew is None else pk.clock_skew.total_seconds()
         for r in pk.readings:
             dt = r.data_time or pk.data_time
-            if dt is None:
-                bad_time = True
-                break
+            assert dt is not None  # checked above
+            cn = r.cn or pk.cn or ""
+            pollutant = r.pollutant[:40]
+            key = (mn, cn, stamp(dt), pollutant)
+            if key in rows:
+                res.readings_duplicate += 1  # retransmitted within the same batch
+                continue
             values = {k: _finite(v) for k, v in r.values.items()}
             fields: dict[str, Any] = dict(values)
             if r.texts:
                 fields["texts"] = dict(r.texts)
-            rows.append({"mn": pk.mn, "cn": r.cn or pk.cn or "", "data_time": dt, "pollutant": r.pollutant[:40],
-                         "value": _headline(r.cn or pk.cn or "", values), "fields": fields,
-                         "flag": (r.flag or None) and r.flag[:4], "received_at": a.received_at,
-                         "skew_s": None if pk.clock_skew is None else pk.clock_skew.total_seconds()})
-        if bad_time:
-            quarantine.append(_quarantine_row(pk.raw, "bad_datatime: data without a DataTime cannot be "
-                                              "stored idempotently", a.received_at, a.peer, pk.mn))
-            continue
-        res.packets += 1
-        for row in rows:
-            key = (row["mn"], row["cn"], row["data_time"], row["pollutant"])
-            if key in readings:
-                res.readings_duplicate += 1  # retransmitted within the same batch
-            else:
-                readings[key] = row
-        link = links.setdefault(pk.mn, {"mn": pk.mn, "packets": 0, "readings": 0,
-                                        "last_received_at": a.received_at, "last_peer": a.peer[:80],
-                                        "last_data_time": None, "last_skew_s": None})
+            flag = (r.flag or None) and r.flag[:4]
+            rows[key] = [mn, cn, key[2], pollutant, _headline(cn, values), fields, flag, received, skew]
+            news[key] = _NewReading(mn, cn, dt, pollutant, values, flag)
+        link = links.get(mn)
+        if link is None:
+            link = links[mn] = {"packets": 0, "readings": 0, "at": a.received_at, "peer": a.peer[:80],
+                                "data_time": None, "skew": None}
         link["packets"] += 1
-        link["readings"] += len(rows)
-        if a.received_at >= link["last_received_at"]:
-            link.update(last_received_at=a.received_at, last_peer=a.peer[:80])
+        link["readings"] += len(pk.readings)
+        if a.received_at >= link["at"]:
+            link["at"], link["peer"] = a.received_at, a.peer[:80]
         if pk.data_time is not None:
-            link.update(last_data_time=pk.data_time,
-                        last_skew_s=None if pk.clock_skew is None else pk.clock_skew.total_seconds())
+            link["data_time"], link["skew"] = pk.data_time, skew
+    conn = session.connection()
     if quarantine:
-        session.connection().execute(insert(_QUARANTINE), quarantine)
+        conn.execute(insert(_QUARANTINE), quarantine)
         res.quarantined = len(quarantine)
-    new_keys: set[tuple[str, str, datetime, str]] = set()
-    if readings:
-        pending = list(readings.values())
-        for start in range(0, len(pending), 2000):
-            # Core, not ORM bulk insert: same SQL, a fraction of the Python work per row.
-            rt = _READINGS
-            stmt = (_dialect_insert(session, rt)
-                    .on_conflict_do_nothing(index_elements=["mn", "cn", "data_time", "pollutant"])
-                    .returning(rt.c.mn, rt.c.cn, rt.c.data_time, rt.c.pollutant))
-            for hit in session.connection().execute(stmt, pending[start:start + 2000]):
-                new_keys.add((hit.mn, hit.cn, hit.data_time, hit.pollutant))
+    new_keys: list[_Key] = []
+    if rows:
+        sql = (f"INSERT INTO {_READINGS.name} ({_names(_READING_COLS)}) "
+               f"SELECT {_names(_READING_COLS, 'v.')} FROM {_rows_from(pg, _READING_COLS)} WHERE true "
+               "ON CONFLICT (mn, cn, data_time, pollutant) DO NOTHING RETURNING mn, cn, data_time, pollutant")
+        returned = conn.execute(sql_text(sql), _rows_params(list(rows.values()))).all()
+        new_keys = [(mn, cn, stamp.returned(dt), pollutant) for mn, cn, dt, pollutant in returned]
         res.readings_new = len(new_keys)
-        res.readings_duplicate += len(readings) - len(new_keys)
+        res.readings_duplicate += len(rows) - len(new_keys)
     if links:
-        _upsert_links(session, list(links.values()))
-        res.episodes_closed += _close_missing(session, sorted(links), now=now, actor=actor)
+        _upsert_links(session, pg, [(mn, stamp(v["at"]), stamp(v["data_time"]), v["skew"], v["peer"], v["packets"],
+                                     v["readings"]) for mn, v in sorted(links.items())])
+        silent = [mn for mn in links if points[mn].missing_open]
+        if silent:
+            res.episodes_closed += _close_missing(session, silent, now=now, actor=actor)
     if new_keys:
-        _exceedance(session, [readings[k] for k in new_keys if k in readings], points, now=now,
-                    actor=actor, res=res)
+        # The returned keys went through stamp.returned: the same form as the keys of ``news``.
+        fresh = [news[k] for k in new_keys if k in news]
+        _exceedance(session, pg, stamp, fresh, points, now=now, actor=actor, res=res)
     return res
 
 
-def _upsert_links(session: Session, rows: list[dict[str, Any]]) -> None:
-    stmt = _dialect_insert(session, _LINKS)
-    ex = stmt.excluded
-    t = _LINKS.c
-    stmt = stmt.on_conflict_do_update(index_elements=["mn"], set_={
-        "packets": t.packets + ex.packets,
-        "readings": t.readings + ex.readings,
-        "last_received_at": ex.last_received_at,
-        "last_peer": ex.last_peer,
-        # Keep the previous DataTime/skew when this batch had none (heartbeats, answers).
-        "last_data_time": func.coalesce(ex.last_data_time, t.last_data_time),
-        "last_skew_s": func.coalesce(ex.last_skew_s, t.last_skew_s),
-    })
-    session.connection().execute(stmt, sorted(rows, key=lambda r: r["mn"]))  # sorted: a stable lock order
+def _upsert_links(session: Session, pg: bool, rows: list[tuple[Any, ...]]) -> None:
+    t = _LINKS.name
+    sql = (f"INSERT INTO {t} ({_names(_LINK_COLS)}) SELECT {_names(_LINK_COLS, 'v.')} "
+           f"FROM {_rows_from(pg, _LINK_COLS)} WHERE true ON CONFLICT (mn) DO UPDATE SET "
+           f"packets = {t}.packets + excluded.packets, readings = {t}.readings + excluded.readings, "
+           "last_received_at = excluded.last_received_at, last_peer = excluded.last_peer, "
+           # Keep the previous DataTime/skew when this batch had none (heartbeats, answers).
+           f"last_data_time = COALESCE(excluded.last_data_time, {t}.last_data_time), "
+           f"last_skew_s = COALESCE(excluded.last_skew_s, {t}.last_skew_s)")
+    session.connection().execute(sql_text(sql), _rows_params(rows))  # rows sorted: stable lock order
 
 
 # ------------------------------------------------------------------------------ episodes
 
 
-def _rules_of(limits: Mapping[str, Any] | None) -> dict[str, Rule]:
-    return _rules_cached(json.dumps(limits or {}, sort_keys=True))
-
-
 @functools.lru_cache(maxsize=4096)
 def _rules_cached(limits_json: str) -> dict[str, Rule]:
-    # Thousands of points share a handful of limit sets: parse each distinct set once.
+    # Thousands of points share a handful of limit sets: parse each distinct stored text once.
     try:
         return parse_limits(json.loads(limits_json))
-    except Invalid:
+    except (Invalid, ValueError):
         log.warning("ignoring invalid stored limits %s", limits_json)
         return {}
 
 
-_RUN_STATE = ("over", "under", "run_start", "run_max", "last_data_time", "episode_id")
-
-
-def _exceedance(session: Session, new_rows: list[dict[str, Any]], points: Mapping[str, Any], *,
-                now: datetime, actor: str, res: IngestResult) -> None:
+def _exceedance(session: Session, pg: bool, stamp: _Stamps, new: list[_NewReading], points: Mapping[str, _Point],
+                *, now: datetime, actor: str, res: IngestResult) -> None:
+    """Feed the new readings to the engine, per (point, pollutant, CN) with a rule only."""
     groups: dict[tuple[str, str, str], list[Sample]] = defaultdict(list)
     rules: dict[tuple[str, str, str], Rule] = {}
-    point_rules: dict[str, dict[str, Rule]] = {}
-    for row in new_rows:
-        pt = points.get(row["mn"])
-        if pt is None or not pt.active or not pt.limits:
+    for row in new:
+        pt = points.get(row.mn)
+        if pt is None or not pt.active:
             continue
-        if row["mn"] not in point_rules:
-            point_rules[row["mn"]] = _rules_of(pt.limits)
-        rule = point_rules[row["mn"]].get(row["pollutant"])
-        if rule is None or rule.cn != row["cn"]:
+        rule = _rules_cached(pt.limits).get(row.pollutant)
+        if rule is None or rule.cn != row.cn:
             continue
-        key = (row["mn"], row["pollutant"], row["cn"])
+        key = (row.mn, row.pollutant, row.cn)
         rules[key] = rule
-        numeric = {k: v for k, v in row["fields"].items() if not isinstance(v, dict)}
-        groups[key].append(Sample(row["data_time"], numeric, row["flag"]))
+        groups[key].append(Sample(row.data_time, row.values, row.flag))
     if not groups:
         return
-    # The run state is read and written with Core statements: every reading of every point with
-    # a limit passes here, and ORM objects per run cost more than the whole insert of readings.
-    t = _RUNS.c
+    # The run state is read (with the points, by _load_points) and written set-based: every
+    # reading of every point with a limit passes here, so per-run statements or ORM objects
+    # would cost more than the readings.
     stored: dict[tuple[str, str, str], dict[str, Any]] = {}
-    names = ("id", "mn", "pollutant", "cn", *_RUN_STATE)
-    for r in session.execute(select(*(t[c] for c in names))
-                             .where(t.mn.in_(sorted({k[0] for k in groups})))):
-        loaded = dict(zip(names, r, strict=True))
-        stored[(loaded["mn"], loaded["pollutant"], loaded["cn"])] = loaded
-    episode_ids = [r["episode_id"] for k, r in stored.items() if k in groups and r["episode_id"] is not None]
+    for key in groups:
+        run = points[key[0]].runs.get((key[1], key[2]))
+        if run is not None:
+            stored[key] = run
+    episode_ids = [r["episode_id"] for r in stored.values() if r["episode_id"] is not None]
     episodes = {e.id: e for e in session.scalars(select(MonitoringEpisode).where(
         MonitoringEpisode.id.in_(episode_ids)))} if episode_ids else {}
     openings: list[tuple[tuple[str, str, str], Rule, EpisodeEvent, dict[str, Any]]] = []
@@ -776,13 +887,19 @@ def _exceedance(session: Session, new_rows: list[dict[str, Any]], points: Mappin
     if openings:
         _open_exceedances(session, openings, now=now, actor=actor, res=res, audit_events=audit_events)
     conn = session.connection()
+
+    def state_of(r: dict[str, Any]) -> list[Any]:
+        return [r["over"], r["under"], stamp(r["run_start"]), r["run_max"], stamp(r["last_data_time"]),
+                r["episode_id"]]
+
     if fresh:
-        conn.execute(insert(_RUNS), fresh)
-    changed = [r for k, r in stored.items() if k in groups]
-    if changed:
-        conn.execute(update(_RUNS).where(t.id == bindparam("run_id"))
-                     .values({c: bindparam(c) for c in _RUN_STATE}),
-                     [{"run_id": r["id"], **{c: r[c] for c in _RUN_STATE}} for r in changed])
+        sql = (f"INSERT INTO {_RUNS.name} ({_names(_RUN_INSERT_COLS)}) SELECT {_names(_RUN_INSERT_COLS, 'v.')} "
+               f"FROM {_rows_from(pg, _RUN_INSERT_COLS)}")
+        conn.execute(sql_text(sql), _rows_params([[r["mn"], r["pollutant"], r["cn"], *state_of(r)] for r in fresh]))
+    if stored:
+        sets = ", ".join(f'"{c}" = v."{c}"' for c in _RUN_STATE)
+        sql = f"UPDATE {_RUNS.name} SET {sets} FROM {_rows_from(pg, _RUN_UPDATE_COLS)} WHERE {_RUNS.name}.id = v.id"
+        conn.execute(sql_text(sql), _rows_params([[r["id"], *state_of(r)] for r in stored.values()]))
     if audit_events:
         audit.record(session, audit_events)
 
@@ -871,12 +988,16 @@ def _close_lead(session: Session, lead_id: int, *, now: datetime, actor: str, re
                           {"status": "closed", "closed_at": now}, reason=reason)]
 
 
-def _close_missing(session: Session, mns: Sequence[str], *, now: datetime, actor: str) -> int:
-    eps = session.scalars(select(MonitoringEpisode).where(
-        MonitoringEpisode.kind == DATA_MISSING, MonitoringEpisode.status == "open",
-        MonitoringEpisode.mn.in_(list(mns)))).all()
-    if not eps:
+def _close_missing(session: Session, mns: Iterable[str], *, now: datetime, actor: str) -> int:
+    # Few points are silent at any time: list the open data-missing episodes (a walk of the
+    # partial index of open episodes) instead of sending every MN of the batch to the database.
+    wanted = set(mns)
+    ids = [i for i, mn in session.execute(select(MonitoringEpisode.id, MonitoringEpisode.mn).where(
+        MonitoringEpisode.kind == DATA_MISSING, MonitoringEpisode.status == "open")) if mn in wanted]
+    if not ids:
         return 0
+    eps = session.scalars(select(MonitoringEpisode).where(MonitoringEpisode.id.in_(ids))
+                          .order_by(MonitoringEpisode.id)).all()
     events: list[audit.EventIn] = []
     for ep in eps:
         ev = EpisodeEvent(EventKind.closed, ep.started_at, None, ep.count, ep.last_at, end=now)
@@ -1061,10 +1182,13 @@ class DbSink:
 
     ``accept`` and ``quarantine`` return once their batch is committed, so the receiver's
     9014 answer means "stored". A batch is written when ``batch_size`` items are waiting or
-    ``max_delay`` seconds after its first item, whichever comes first, and only one batch is
-    written at a time: while one is being committed the next one fills up, so the number of
-    transactions per second stays small however many devices send. The database work runs in
-    ``asyncio.to_thread``: the event loop keeps serving connections meanwhile.
+    when the oldest waiting item has waited ``max_delay`` seconds, whichever comes first, and
+    only one batch is written at a time: while one is being committed the next one fills up.
+    Items that queued during a write have already waited, so under load the next write starts
+    at once and takes everything waiting: the batch size adapts to the load (group commit), the
+    number of transactions per second stays small however many devices send, and the fixed cost
+    of a transaction is shared by more packets the busier the receiver is. The database work
+    runs in ``asyncio.to_thread``: the event loop keeps serving connections meanwhile.
 
     Parameters
     ----------
@@ -1080,7 +1204,7 @@ class DbSink:
         Returns "now" (tests pass a fixed clock).
     """
 
-    def __init__(self, sessions: sessionmaker[Session], *, batch_size: int = 500, max_delay: float = 0.2,
+    def __init__(self, sessions: sessionmaker[Session], *, batch_size: int = 2000, max_delay: float = 0.05,
                  missing_after: timedelta | None = None, missing_every: float = 60.0,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         if batch_size < 1:
@@ -1095,7 +1219,10 @@ class DbSink:
         self.clock = clock
         self.totals = IngestResult()
         self.batches = 0
-        self._pending: list[tuple[IngestItem, asyncio.Future[None]]] = []
+        self.busy_seconds = 0.0  # wall time spent writing batches
+        self.busy_cpu_seconds = 0.0  # CPU time of the writing thread meanwhile
+        # (item, its future, loop time of its arrival), in arrival order.
+        self._pending: list[tuple[IngestItem, asyncio.Future[None], float]] = []
         self._wake: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -1130,22 +1257,31 @@ class DbSink:
             raise RuntimeError("the monitoring sink is closed")
         self.start()
         assert self._wake is not None and self._full is not None
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, fut))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._pending.append((item, fut, loop.time()))
         self._wake.set()
         if len(self._pending) >= self.batch_size:
             self._full.set()
         await fut
 
+    def _take(self) -> list[tuple[IngestItem, asyncio.Future[None], float]]:
+        batch, self._pending = self._pending[:self.batch_size], self._pending[self.batch_size:]
+        return batch
+
     async def _writer(self) -> None:
         assert self._wake is not None and self._full is not None
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            if self.max_delay > 0 and len(self._pending) < self.batch_size and not self._closing:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.max_delay):
-                        await self._full.wait()
-            batch, self._pending = self._pending[:self.batch_size], self._pending[self.batch_size:]
+            if self._pending and len(self._pending) < self.batch_size and not self._closing:
+                # Counted from the oldest item's arrival, not from now: see the class docstring.
+                left = self._pending[0][2] + self.max_delay - loop.time()
+                if left > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(left):
+                            await self._full.wait()
+            batch = self._take()
             if not self._pending:
                 self._wake.clear()
             if len(self._pending) < self.batch_size:
@@ -1153,14 +1289,15 @@ class DbSink:
             if batch:
                 await self._write(batch)
 
-    async def _write(self, batch: list[tuple[IngestItem, asyncio.Future[None]]]) -> None:
-        items = [it for it, _ in batch]
+    async def _write(self, batch: list[tuple[IngestItem, asyncio.Future[None], float]]) -> None:
+        items = [it for it, _, _ in batch]
+        started = time.perf_counter()
         try:
-            result = await asyncio.to_thread(store_items, self.sessions, items, now=self.clock())
+            result = await asyncio.to_thread(self._store_timed, items)
         except Exception:
             log.exception("monitoring batch of %d failed; retrying item by item", len(items))
             result = IngestResult()
-            for it, fut in batch:
+            for it, fut, _ in batch:
                 try:
                     result.add(await asyncio.to_thread(store_items, self.sessions, [it], now=self.clock()))
                 except Exception as exc:
@@ -1168,9 +1305,17 @@ class DbSink:
                         fut.set_exception(exc)
         self.totals.add(result)
         self.batches += 1
-        for _, fut in batch:
+        self.busy_seconds += time.perf_counter() - started
+        for _, fut, _ in batch:
             if not fut.done():
                 fut.set_result(None)
+
+    def _store_timed(self, items: list[IngestItem]) -> IngestResult:
+        started = time.thread_time()
+        try:
+            return store_items(self.sessions, items, now=self.clock())
+        finally:
+            self.busy_cpu_seconds += time.thread_time() - started
 
     async def _missing_loop(self) -> None:
         assert self.missing_after is not None
@@ -1189,8 +1334,7 @@ class DbSink:
     async def flush(self) -> None:
         """Write everything queued so far."""
         while self._pending:
-            batch, self._pending = self._pending[:self.batch_size], self._pending[self.batch_size:]
-            await self._write(batch)
+            await self._write(self._take())
 
     async def close(self) -> None:
         """Write what is queued and stop the background tasks."""

@@ -191,3 +191,80 @@ def test_http_payload_incomplete_split_is_quarantined() -> None:
     assert sink.packets == []
     assert [q.reason.split(":")[0] for q in sink.quarantined] == ["incomplete_split"]
     assert sink.quarantined[0].raw == part
+
+
+class SlowQuarantineSink(InMemorySink):
+    """Quarantine takes until ``release`` is set (a slow commit); accept is immediate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def quarantine(self, raw: bytes, reason: str, received_at: datetime, peer: str) -> None:
+        await self.release.wait()
+        await super().quarantine(raw, reason, received_at, peer)
+
+
+def test_quarantine_holds_up_neither_reading_nor_the_next_ack_and_is_stored_by_close() -> None:
+    sink = SlowQuarantineSink()
+
+    async def scenario() -> tuple[bytes, int]:
+        server = await start_hj212_server("127.0.0.1", 0, sink)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            bad = minute_packet("Q", 0, flag=4)[:-6] + b"0000\r\n"
+            writer.write(bad)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the corrupted packet arrives in a read of its own
+            writer.write(minute_packet("Q", 1))
+            # The good packet is stored and acknowledged while the quarantine is still pending.
+            ack = await read_ack(reader)
+            quarantined_before = len(sink.quarantined)
+            sink.release.set()
+            writer.close()
+            await writer.wait_closed()
+            for _ in range(100):  # the connection's close waits for the quarantine
+                if sink.quarantined:
+                    break
+                await asyncio.sleep(0.01)
+            return ack, quarantined_before
+
+    ack, quarantined_before = run(scenario)
+    assert ack == expected_ack("Q", 1) and quarantined_before == 0
+    assert [p.qn for p in sink.packets] == ["20240101120000001"]
+    assert [q.reason.split(":")[0] for q in sink.quarantined] == ["bad_crc"]
+
+
+def test_packets_of_one_read_reach_the_sink_together_and_in_order() -> None:
+    class Recording(InMemorySink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waiting = 0
+            self.most_waiting = 0
+            self.gate = asyncio.Event()
+
+        async def accept(self, packet: Packet, received_at: datetime, peer: str) -> None:
+            await super().accept(packet, received_at, peer)
+            self.waiting += 1
+            self.most_waiting = max(self.most_waiting, self.waiting)
+            if self.waiting == 3:
+                self.gate.set()
+            await asyncio.wait_for(self.gate.wait(), 1.0)  # a batch commit shared by all three
+
+    sink = Recording()
+
+    async def scenario() -> list[bytes]:
+        server = await start_hj212_server("127.0.0.1", 0, sink)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"".join(minute_packet("R", i) for i in range(3)))
+            acks = [await read_ack(reader) for _ in range(3)]
+            writer.close()
+            await writer.wait_closed()
+            return acks
+
+    assert run(scenario) == [expected_ack("R", i) for i in range(3)]
+    assert sink.most_waiting == 3
+    assert [p.qn for p in sink.packets] == [f"20240101120000{i:03d}" for i in range(3)]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select
 
@@ -133,3 +135,38 @@ def test_http_hj212_endpoint_and_quarantine_listing(api: Api) -> None:
     bad = next(x for x in q.json() if x["kind"] == "bad_crc")
     assert bytes.fromhex(bad["raw_hex"]).endswith(b"0000\r\n") and bad["mn"] == MN
     assert c.get("/monitoring/quarantine", headers=api.as_("leader")).status_code == 403
+
+
+def test_db_sink_writes_what_queued_during_a_write_without_waiting_again(seeded: Db) -> None:
+    """Group commit: the delay counts from an item's arrival, so items that queued while the
+    previous batch was being written (and have waited long enough) go out at once."""
+    add_point(seeded, limits={})
+    from tests.layers.test_monitoring import packet
+
+    gate = threading.Event()
+    started: list[float] = []
+
+    def sessions() -> Any:  # the real session factory; the first unit of work waits at the gate
+        started.append(time.monotonic())
+        if len(started) == 1:
+            gate.wait(10)
+        return seeded.sessions()
+
+    async def scenario() -> float:
+        sink = monitoring.DbSink(cast(Any, sessions), batch_size=1000, max_delay=1.0)
+        async with sink:
+            at = T0 + timedelta(hours=1)
+            first = asyncio.ensure_future(sink.accept(packet(wire(0, 10), at), at, "p"))
+            while not started:  # the first batch is being written (after max_delay)
+                await asyncio.sleep(0.01)
+            second = asyncio.ensure_future(sink.accept(packet(wire(1, 10), at), at, "p"))
+            await asyncio.sleep(1.1)  # longer than max_delay, all of it during the first write
+            released = time.monotonic()
+            gate.set()
+            await asyncio.gather(first, second)
+        return released
+
+    released = asyncio.run(scenario())
+    assert len(started) == 2 and count(seeded, MonitoringReading) == 4
+    # Written right after the first batch, not max_delay (1 s) later.
+    assert started[1] - released < 0.5

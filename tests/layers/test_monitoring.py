@@ -115,6 +115,65 @@ def test_same_packet_twice_is_one_row_and_skew_is_recorded(seeded: Db) -> None:
         assert r.data_time == T0
 
 
+def test_duplicates_within_a_batch_and_against_stored_rows_are_stored_once(seeded: Db) -> None:
+    """The set-based insert: each key once, the first copy kept, only new readings judged."""
+    add_point(seeded)
+    add_point(seeded, mn="MN2", name="二号")
+
+    def item(i: int, value: float, *, mn: str = MN, late: int = 0) -> monitoring.Accepted:
+        at = T0 + timedelta(minutes=i + 1, seconds=5 + late)
+        return monitoring.Accepted(packet(wire(i, value, mn=mn), at), at, f"10.0.0.{late}:1")
+
+    # Minute 0 twice (a retransmission inside the batch), minute 1, and MN2's minute 0.
+    first = monitoring.store_items(seeded.sessions, [item(0, 120), item(1, 130), item(0, 120, late=30),
+                                                    item(0, 10, mn="MN2")], now=T0 + timedelta(minutes=3))
+    assert (first.packets, first.readings_new, first.readings_duplicate) == (4, 6, 2)
+    # Two values over the limit so far: had the repeat been judged too, 3 in a row would open.
+    assert first.episodes_opened == 0
+    # Minute 1 again (stored already), minute 2 twice: one new reading pair, the episode opens.
+    second = monitoring.store_items(seeded.sessions, [item(1, 130, late=60), item(2, 110), item(2, 110, late=9)],
+                                    now=T0 + timedelta(minutes=4))
+    assert (second.readings_new, second.readings_duplicate, second.episodes_opened) == (2, 4, 1)
+    with seeded.uow() as s:
+        keys = s.execute(select(MonitoringReading.mn, MonitoringReading.cn, MonitoringReading.data_time,
+                                MonitoringReading.pollutant, func.count())
+                         .group_by(MonitoringReading.mn, MonitoringReading.cn, MonitoringReading.data_time,
+                                   MonitoringReading.pollutant)).all()
+        assert len(keys) == 8 and {k[-1] for k in keys} == {1}
+        # Stored DataTimes compare equal to bound ones on both backends (SQLite keeps text).
+        at0 = s.scalars(select(MonitoringReading).where(MonitoringReading.data_time == T0,
+                                                        MonitoringReading.mn == MN)).all()
+        assert sorted(r.pollutant for r in at0) == ["a34001", "a34004"]
+        tsp = next(r for r in at0 if r.pollutant == "a34001")
+        # The first copy is the one kept: received 65 s after DataTime, from peer .0.
+        assert tsp.received_at == T0 + timedelta(minutes=1, seconds=5) and tsp.skew_s == pytest.approx(65.0)
+        assert (tsp.value, tsp.flag, tsp.fields) == (120, "N", {"Avg": 120.0})
+        link = s.get(MonitoringLink, MN)
+        assert link is not None and (link.packets, link.readings) == (6, 12)
+        # The latest receipt (minute 2 resent 9 s late, at 3:14) beats minute 1 resent 60 s late (3:05).
+        assert link.last_peer == "10.0.0.9:1" and link.last_data_time == T0 + timedelta(minutes=2)
+        other = s.get(MonitoringLink, "MN2")
+        assert other is not None and (other.packets, other.last_skew_s) == (1, pytest.approx(65.0))
+    ep, _ = lead_of(seeded)
+    assert (ep.count, ep.max_value, ep.started_at) == (3, 130, T0)
+
+
+def test_texts_empty_values_and_cn_variants_round_trip(seeded: Db) -> None:
+    add_point(seeded)
+    at = T0 + timedelta(minutes=1)
+    raw = build_packet(cn="2011", st="39", mn=MN, qn=format_datatime(T0, millis=True), flag=4,
+                       cp={"DataTime": format_datatime(T0), "a34001-Rtd": "", "a34001-ZsRtd": 77.5,
+                           "a34001-Flag": "M", "a34001-EFlag": "E1", "a34004-Rtd": 12})
+    res = monitoring.store_items(seeded.sessions, [monitoring.Accepted(packet(raw, at), at, "p")], now=at)
+    assert res.readings_new == 2
+    with seeded.uow() as s:
+        rows = {r.pollutant: r for r in s.scalars(select(MonitoringReading))}
+    # Real-time data: the headline is Rtd, else the converted ZsRtd; texts kept apart.
+    assert rows["a34001"].value == 77.5 and rows["a34001"].flag == "M" and rows["a34001"].cn == "2011"
+    assert rows["a34001"].fields == {"Rtd": None, "ZsRtd": 77.5, "texts": {"EFlag": "E1"}}
+    assert rows["a34004"].value == 12 and rows["a34004"].flag is None
+
+
 def test_unknown_mn_and_dropped_bytes_are_quarantined_with_raw_bytes(seeded: Db) -> None:
     add_point(seeded)
     bad_crc = wire(0, 50)[:-6] + b"0000\r\n"
