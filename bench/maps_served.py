@@ -26,7 +26,8 @@ event per lead, a reopen for 2 %). 10,000 leads are loaded, measured, then 90,00
 
 Goal per served map at 100,000 leads: served ≤ 1.5 s, page ≤ 3 MB, drawn ≤ 3 s.
 
-Run: ``.venv/bin/python bench/maps_served.py [--sizes 10000 100000] [--postgres-url URL] [--no-browser]``
+Run: ``.venv/bin/python bench/maps_served.py [--sizes 10000 100000] [--postgres-url URL] [--no-browser]
+[--maps hotspots] [--pg-db NAME]``
 (needs scripts/assets.sh and /usr/bin/chromium for the drawn time).
 """
 
@@ -276,7 +277,7 @@ def _frames(engine: Engine, kind: str, p: Principal, lang: str) -> Callable[[], 
                         mapdata.area_frame(s, p, f, level="township"), text_fields)
             if kind == "status":
                 return mapdata.status_frame(s, p, f, level="county", now=datetime.now(UTC), lang=lang)
-            return mapdata.lead_frame(s, p, f, lang=lang), mapdata.area_frame(s, p, f, level="township")
+            return mapdata.hotspot_frames(s, p, f)  # coordinates, and township counts by code
 
     return run
 
@@ -290,12 +291,16 @@ def _render(kind: str, frames: Any, settings: Settings) -> Callable[[], Any]:
             return page(render_status(frames), settings)
         leads, towns = frames
         crs = gcrs.metric_crs_for(tuple(towns.total_bounds))
-        return page(render_hotspots(leads, towns, crs=crs), settings)
+        return page(render_hotspots(leads, towns, crs=crs, township_counts="count"), settings)
 
     return run
 
 
-def measure(engine: Engine, settings: Settings, n: int, backend: str, browser: Any) -> list[dict[str, Any]]:
+MAPS = ("distribution", "status", "hotspots")
+
+
+def measure(engine: Engine, settings: Settings, n: int, backend: str, browser: Any,
+            maps: tuple[str, ...] = MAPS) -> list[dict[str, Any]]:
     with unit_of_work(session_factory(engine)) as s:
         user = get_user(s, USER)
         assert user is not None
@@ -307,7 +312,7 @@ def measure(engine: Engine, settings: Settings, n: int, backend: str, browser: A
             r = client.post("/auth/token", data={"username": USER, "password": PASSWORD})
             r.raise_for_status()
             token = r.json()["access_token"]
-            for kind in ("distribution", "status", "hotspots"):
+            for kind in maps:
                 tq, cq, frames = best(_frames(engine, kind, p, settings.lang), 3)
                 tr, cr, _ = best(_render(kind, frames, settings), 3)
                 path = f"/maps/{kind}"
@@ -355,7 +360,8 @@ def _drawn(browser: Any, base: str, path: str, ready: str) -> float:
 # ------------------------------------------------------------------------------------- main
 
 
-def run_backend(backend: str, url: str, sizes: list[int], browser: Any, folder: Path) -> list[dict[str, Any]]:
+def run_backend(backend: str, url: str, sizes: list[int], browser: Any, folder: Path,
+                maps: tuple[str, ...] = MAPS) -> list[dict[str, Any]]:
     now = datetime.now(UTC).replace(microsecond=0)
     t0 = time.perf_counter()
     engine = build(url, folder, now)
@@ -375,7 +381,7 @@ def run_backend(backend: str, url: str, sizes: list[int], browser: Any, folder: 
             gc.collect()
             have = n
             print(f"{backend}: {n:,} leads in the database (generated {tg:.1f} s, loaded {tl:.1f} s)", flush=True)
-            rows += measure(engine, settings, n, backend, browser)
+            rows += measure(engine, settings, n, backend, browser, maps)
     finally:
         engine.dispose()
     return rows
@@ -388,7 +394,11 @@ def main() -> None:
                     help="admin URL of a PostGIS server; a scratch database is created and dropped")
     ap.add_argument("--no-spatialite", action="store_true")
     ap.add_argument("--no-browser", action="store_true")
+    ap.add_argument("--maps", nargs="+", choices=MAPS, default=list(MAPS), help="which served maps to time")
+    ap.add_argument("--pg-db", default=PG_DB, help="name of the scratch PostGIS database (created and dropped)")
     args = ap.parse_args()
+    maps = tuple(args.maps)
+    pg_db = args.pg_db
     print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     rows: list[dict[str, Any]] = []
     pw = browser = None
@@ -403,18 +413,18 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="leadgrid-maps-served-") as tmp:
             if not args.no_spatialite:
                 rows += run_backend("spatialite", f"sqlite:///{Path(tmp) / 'bench.sqlite'}", args.sizes, browser,
-                                    Path(tmp))
+                                    Path(tmp), maps)
             if args.postgres_url:
                 admin = create_engine(args.postgres_url, isolation_level="AUTOCOMMIT")
                 with admin.connect() as c:
-                    c.execute(text(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)'))
-                    c.execute(text(f'CREATE DATABASE "{PG_DB}"'))
+                    c.execute(text(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)'))
+                    c.execute(text(f'CREATE DATABASE "{pg_db}"'))
                 try:
-                    rows += run_backend("postgis", args.postgres_url.rsplit("/", 1)[0] + "/" + PG_DB, args.sizes,
-                                        browser, Path(tmp))
+                    rows += run_backend("postgis", args.postgres_url.rsplit("/", 1)[0] + "/" + pg_db, args.sizes,
+                                        browser, Path(tmp), maps)
                 finally:
                     with admin.connect() as c:
-                        c.execute(text(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)'))
+                        c.execute(text(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)'))
                     admin.dispose()
     finally:
         if browser is not None:

@@ -14,13 +14,7 @@ from folium.plugins import HeatMap
 from folium.utilities import JsCode
 from pyproj import CRS
 
-from geo.hotspots import (
-    MIN_FEATURES,
-    HotspotResult,
-    grid_hotspots,
-    kernel_density,
-    township_hotspots,
-)
+from geo.hotspots import MIN_FEATURES, HotspotResult, hotspot_layers
 from maps.canvas import (
     MapInputError,
     add_boundaries,
@@ -83,6 +77,7 @@ def render_hotspots(
     *,
     crs: CRS | int | str = 4527,
     cell_size: float | None = None,
+    township_counts: str | None = None,
     unit: str | None = None,
     lang: str | Lang = "zh",
     tiles: str | None = None,
@@ -101,6 +96,10 @@ def render_hotspots(
         Metric CRS for the grid (CGCS2000 GK zone 39 for Xuzhou).
     cell_size : float, optional
         Grid cell in metres; chosen from the data when omitted.
+    township_counts : str, optional
+        Column of ``townships`` holding the number of ``leads`` in each township as the database
+        counted them (:func:`layers.mapdata.hotspot_frames`: the township codes of the same
+        leads). When omitted, the leads are counted into the polygons point by point.
     unit : {'township', 'grid'}, optional
         Which aggregation is shown when the map opens (the other one stays in the layer
         control). By default the townships, unless they show no significant class.
@@ -116,11 +115,20 @@ def render_hotspots(
     lg = parse_lang(lang)
     if unit not in (None, "township", "grid"):
         raise MapInputError(f"unit={unit!r}; allowed: 'township', 'grid'")
+    if township_counts is not None and township_counts not in townships.columns:
+        raise MapInputError(f"township_counts={township_counts!r} is not a column of townships")
     lon, lat = lonlat(leads, "leads")
     m = new_map(bounds_of(townships, leads), tiles=tiles, attribution=attribution)
     add_boundaries(m, townships, lang=lg)
-    town = township_hotspots(lon, lat, townships, crs=crs)
-    grid = grid_hotspots(lon, lat, crs=crs, cell_size=cell_size)
+    layers = hotspot_layers(
+        lon,
+        lat,
+        townships,
+        township_counts=None if township_counts is None else townships[township_counts].to_numpy(),
+        crs=crs,
+        cell_size=cell_size,
+    )
+    town, grid = layers.township, layers.grid
     notes = []
     # Show the grid first when townships are too coarse to show any significant class.
     town_sig = town.enough and bool((town.features["gi_bin"] != 0).any())
@@ -137,11 +145,10 @@ def render_hotspots(
             notes.append(f"{label(key, lg)}: {text}")
     if notes:
         notice(" ".join(notes)).add_to(m)
-    if len(leads):
-        kde = kernel_density(lon, lat, crs=crs)
-        heat = np.column_stack([kde.geometry.y, kde.geometry.x, kde["weight"]]).round(5).tolist()
-        HeatMap(
-            heat,
+    if len(layers.heat):
+        kde = layers.heat
+        heat_layer = HeatMap(
+            [],
             name=esc(label("heat", lg)),
             show=False,
             radius=18,
@@ -149,7 +156,11 @@ def render_hotspots(
             min_opacity=0.25,
             # leaflet.heat divides intensity by 2**(max_zoom - zoom); a city view is zoom 9-10
             max_zoom=10,
-        ).add_to(m)
+        )
+        # Set after construction: HeatMap checks each of the few thousand [lat, lon, w] rows in
+        # Python (a quarter of the page's CPU); these are finite numbers we computed.
+        heat_layer.data = np.column_stack([kde["lat"], kde["lon"], kde["weight"]]).round(5).tolist()
+        heat_layer.add_to(m)
     cell = f"{label('cell_size', lg)}: {grid.cell_size:,.0f} m" if grid.cell_size else None
     legend(
         label("legend_hotspot", lg),

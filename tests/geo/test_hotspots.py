@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import esda
 import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
+from libpysal.weights import DistanceBand
 from pyproj import Transformer
 
 from geo.hotspots import (
     MIN_FEATURES,
     HotspotInputError,
     grid_hotspots,
+    hotspot_layers,
     kernel_density,
     suggest_cell_size,
     township_hotspots,
+    township_hotspots_from_counts,
 )
 
 CRS = 4527  # CGCS2000 3-degree GK zone 39 (CM 117°E), Xuzhou
@@ -147,3 +151,69 @@ def test_kernel_density_peaks_at_the_cluster() -> None:
     peak = kde.to_crs(CRS).geometry.iloc[int(kde["density"].argmax())]
     assert peak.distance(shapely.Point(X0 + 5000, Y0 + 15000)) < 600
     assert kde["weight"].max() == pytest.approx(1.0)
+
+
+def test_grid_weights_are_the_distance_band_of_cell_centres() -> None:
+    """The stencil weights give esda exactly the z-scores of libpysal's DistanceBand (inclusive)."""
+    rng = np.random.default_rng(3)
+    x, y = uniform(rng, 600)
+    # A far, lonely group of leads: the band must widen so that no cell is an island.
+    x[:5], y[:5] = X0 + SIDE + 9000 + rng.uniform(0, 900, 5), Y0 + rng.uniform(0, 900, 5)
+    lon, lat = lonlat(x, y)
+    res = grid_hotspots(lon, lat, crs=CRS, cell_size=1000)
+    cells = res.features
+    centres = np.column_stack([X0 // 1000 * 1000 + (cells["col"] + 0.5) * 1000,
+                               Y0 // 1000 * 1000 + (cells["row"] + 0.5) * 1000])
+    band = float(res.weights.split()[2])
+    assert band > 2000  # widened for the lonely group
+    w = DistanceBand(centres, threshold=band * 1.0001, binary=True, silence_warnings=True)
+    w.transform = "B"
+    ref = esda.G_Local(cells["count"].to_numpy(), w, transform="B", star=True, permutations=0)
+    assert np.allclose(cells["z"], np.nan_to_num(ref.Zs), atol=1e-9)
+    # Without the lonely group: the default band of two cells, twelve neighbours inside the grid.
+    res2 = grid_hotspots(lon[5:], lat[5:], crs=CRS, cell_size=1000)
+    assert res2.weights == "distance band 2000 m"
+
+
+def test_township_counts_given_equal_counting_the_points() -> None:
+    rng = np.random.default_rng(7)
+    bx, by = uniform(rng, 2000)
+    ang, rad = rng.uniform(0, 2 * np.pi, 600), 3000 * np.sqrt(rng.uniform(0, 1, 600))
+    lon, lat = lonlat(np.r_[bx, X0 + 5000 + rad * np.cos(ang)], np.r_[by, Y0 + 15000 + rad * np.sin(ang)])
+    towns = square_townships(10)
+    counted = township_hotspots(lon, lat, towns, crs=CRS)
+    given = township_hotspots_from_counts(towns, counted.features["count"].to_numpy())
+    assert (given.features["gi_bin"] == counted.features["gi_bin"]).all()
+    assert np.allclose(given.features["z"], counted.features["z"])
+    assert (given.features["gi_bin"] == 3).any()
+    with pytest.raises(HotspotInputError, match="counts has 3 values"):
+        township_hotspots_from_counts(towns, [1, 2, 3])
+    with pytest.raises(HotspotInputError, match="counts at index 0 is -1"):
+        township_hotspots_from_counts(towns, [-1] + [0] * 99)
+
+
+def test_suggested_cell_size_from_a_sample_matches_all_points() -> None:
+    rng = np.random.default_rng(5)
+    x, y = uniform(rng, 1000)  # sparse: twice the mean nearest-neighbour distance beats 20 km / 50
+    # Repeated reports at one place are one location, not neighbours at 0 m.
+    x, y = np.r_[x, x[:300]], np.r_[y, y[:300]]
+    dist = 2 * 0.5 * SIDE / np.sqrt(1000)  # twice the expected mean nearest-neighbour distance, 632 m
+    exact = suggest_cell_size(x, y, sample=10**9)
+    sampled = suggest_cell_size(x, y, sample=300)
+    assert exact > 400 and exact == pytest.approx(dist, rel=0.15)
+    assert sampled == pytest.approx(exact, rel=0.08)
+    assert suggest_cell_size(x, y, sample=300) == sampled  # same leads, same cell
+
+
+def test_hotspot_layers_equal_the_separate_computations() -> None:
+    lon, lat = planted()
+    towns = square_townships(10)
+    both = hotspot_layers(lon, lat, towns, crs=CRS, cell_size=1000)
+    grid = grid_hotspots(lon, lat, crs=CRS, cell_size=1000)
+    kde = kernel_density(lon, lat, crs=CRS)
+    assert (both.grid.features["gi_bin"] == grid.features["gi_bin"]).all()
+    assert both.grid.features.geom_equals_exact(grid.features.geometry, 1e-12).all()
+    assert np.allclose(both.heat["density"], kde["density"]) and np.allclose(both.heat["lon"], kde.geometry.x)
+    assert (both.township.features["gi_bin"] == township_hotspots(lon, lat, towns, crs=CRS).features["gi_bin"]).all()
+    with pytest.raises(HotspotInputError, match="cell_size=0"):
+        hotspot_layers(lon, lat, towns, crs=CRS, cell_size=0)
