@@ -31,6 +31,7 @@ from api.routers import (
 from api.routers import monitoring as monitoring_routes
 from layers import leads as lead_store
 from layers.db import Session, make_engine, session_factory
+from layers.intake_batch import IntakeBatcher
 from layers.leads import LeadIn
 from layers.settings import Settings
 from maps.assets import ASSET_URL_PREFIX, asset_root, missing_assets
@@ -47,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings)
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
+        app.state.batcher = IntakeBatcher(
+            app.state.sessions, lambda s, items, actor, now: intake(s, list(items), actor=actor, now=now))
         # Periodic escalation only where asked (``leadgrid serve``), never in tests' clients.
         escalation = (asyncio.create_task(workflow.escalation_loop(app, settings.escalation_interval_s))
                       if getattr(app.state, "escalate_periodically", False) else None)

@@ -104,7 +104,8 @@ class LeadPublic(BaseModel):
 
 
 class LeadPage(BaseModel):
-    total: int
+    total: int = Field(description="matching leads, counted exactly up to 10,000; see total_exact")
+    total_exact: bool = Field(True, description="false when more than 10,000 leads match: total is then a lower bound")
     page: int
     page_size: int
     items: list[LeadPublic]

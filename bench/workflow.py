@@ -18,6 +18,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 
@@ -63,7 +64,9 @@ GENERATE = [
         CASE WHEN status NOT IN ('dispatched', 'returned') THEN received_at
              + (id % 40) * interval '1 hour' END,
         received_at + interval '32 hours', due_at,
-        1 + (id % 17 = 0)::int, (id % 17 = 0)::int + (id % 101 = 0)::int, (id % 29 = 0)::int * 2,
+        1 + (id % 17 = 0)::int, (id % 17 = 0)::int + (status = 'returned')::int,
+        -- the return of every 17th lead (below) moved it from another body
+        greatest((id % 29 = 0)::int * 2, (id % 17 = 0)::int),
         (status = 'closed')::int + (id % 13 = 0)::int, (id % 13 = 0)::int,
         (id % 23 = 0)::int, (id % 23 = 0)::int * 3, (id % 211 = 0)::int,
         false, false,
@@ -94,6 +97,18 @@ GENERATE = [
     WHERE l.status IN ('closed', 'merged') OR n.k <= CASE l.status WHEN 'in_progress' THEN 2
           WHEN 'signed' THEN 1 ELSE 0 END
     """,
+    # Every 17th lead was returned once by another body and re-dispatched: an earlier sign clock
+    # stopped by the return (so the case counters above match the clocks, as the service keeps them).
+    """
+    INSERT INTO wf_clocks (lead_id, node, body_code, started_at, due_at, base_due_at,
+        provisional, rule_id, amount, unit, extensions, extension_days, warn_at, stopped_at,
+        stop_action)
+    SELECT l.id, 'sign', (ARRAY['EEB','CMB','HURD','WATER','TRANS','AGRI'])[((l.id + 1) % 6) + 1],
+        l.received_at - interval '5 hours', l.received_at + interval '27 hours',
+        l.received_at + interval '27 hours', false, 'default-sign', 1, 'working_days', 0, 0,
+        l.received_at + interval '20 hours', l.received_at - interval '2 hours', 'return'
+    FROM leads l WHERE l.id % 17 = 0
+    """,
     # Eight audit events per lead (content is irrelevant to the queries timed here).
     """
     INSERT INTO audit_events (seq, at, actor, action, entity, entity_id, before, after, reason,
@@ -107,6 +122,112 @@ GENERATE = [
     FROM leads l CROSS JOIN generate_series(1, 8) AS k
     """,
 ]
+
+
+def _reference(s: Any, p: Principal, by: str, since: datetime | None,
+               until: datetime | None = None) -> dict[str, Any]:
+    """KPI counts, node times and oversight totals the way they were computed before the
+    ``wf_cases`` copies: leads joined to cases, every clock joined to its lead (slow, exact)."""
+    from sqlalchemy import Float, and_, case, cast, func, literal, or_, select
+
+    from layers.models import Lead
+    from layers.users import lead_scope_clause
+    from layers.workflow.states import OPEN_STATES
+    from layers.workflow.store import WfCase, WfClock
+
+    def n(cond: Any) -> Any:
+        return func.sum(case((cond, 1), else_=0))
+
+    g = {"body": Lead.body_code, "county": Lead.county_code, "township": Lead.township_code}[by]
+    closed = Lead.status == "closed"
+    win = ([Lead.received_at >= since] if since else []) + ([Lead.received_at < until] if until else [])
+    q = (select(g.label("g"), func.count().label("cases"), n(closed).label("closed"),
+                n(WfCase.first_signed_at <= WfCase.first_sign_due_at).label("signed_ok"),
+                n(WfCase.first_signed_at.is_not(None)).label("signed"),
+                n(and_(WfCase.first_signed_at.is_(None), WfCase.first_sign_due_at < NOW))
+                .label("unsigned_late"),
+                n(and_(closed, Lead.closed_at <= WfCase.conclude_due_at)).label("closed_ok"),
+                n(and_(~closed, WfCase.conclude_due_at < NOW)).label("open_late"),
+                n(WfCase.verify_fail_count > 0).label("reworked"),
+                n(WfCase.verify_count > 0).label("verified"),
+                n(WfCase.extensions_used > 0).label("extended"),
+                n(WfCase.dispatch_count > 0).label("dispatched"))
+         .join(WfCase, WfCase.lead_id == Lead.id)
+         .where(Lead.status != "merged", lead_scope_clause(p), *win).group_by(g))
+    out: dict[str, Any] = {"kpi": {r.g: {k: int(v or 0) for k, v in r._asdict().items() if k != "g"}
+                                   for r in s.execute(q)}}
+    cg = WfClock.body_code if by == "body" else g
+    rq = (select(cg.label("g"), n(WfClock.node == "sign").label("dispatches"),
+                 n(WfClock.stop_action == "return").label("returns"))
+          .join(Lead, Lead.id == WfClock.lead_id)
+          .where(WfClock.node.in_(["sign", "on_site"]), Lead.status != "merged",
+                 lead_scope_clause(p), *win).group_by(cg))
+    for r in s.execute(rq):
+        row = out["kpi"].setdefault(r.g, {})
+        row["dispatches"], row["returns"] = int(r.dispatches or 0), int(r.returns or 0)
+    if by == "body" and since is None and until is None:
+        secs = cast(func.extract("epoch", WfClock.stopped_at - WfClock.started_at), Float)
+        hq = (select(WfClock.body_code.label("g"), WfClock.node, func.count().label("n"),
+                     func.avg(secs).label("m"))
+              .join(Lead, Lead.id == WfClock.lead_id)
+              .where(WfClock.stopped_at.is_not(None), lead_scope_clause(p))
+              .group_by(WfClock.body_code, WfClock.node))
+        out["hours"] = {(r.g, r.node): (int(r.n), round(float(r.m) / 3600.0, 2)) for r in s.execute(hq)}
+        conds = {
+            "overdue": and_(Lead.id.in_(select(WfClock.lead_id).where(
+                WfClock.stopped_at.is_(None), WfClock.due_at < NOW)),
+                Lead.status.in_([x.value for x in OPEN_STATES])),
+            "returned": or_(WfCase.return_count >= 2, WfCase.body_changes >= 2),
+            "closed_too_fast": and_(closed, WfCase.first_dispatched_at.is_not(None),
+                                    func.extract("epoch", Lead.closed_at - WfCase.first_dispatched_at)
+                                    < literal(2 * 3600.0)),
+            "dissatisfied": WfCase.satisfaction == "dissatisfied",
+            "extensions": WfCase.extensions_used > 0,
+        }
+        out["oversight"] = {k: int(s.scalar(select(func.count()).select_from(Lead)
+                                            .join(WfCase, WfCase.lead_id == Lead.id)
+                                            .where(c, lead_scope_clause(p))) or 0)
+                            for k, c in conds.items()}
+    return out
+
+
+def _check(s: Any, p: Principal, who: str) -> int:
+    """Compare the service's figures with :func:`_reference`; print and count mismatches."""
+    bad = 0
+    cst = (datetime(2026, 10, 1, 16, tzinfo=UTC), datetime(2026, 10, 31, 16, tzinfo=UTC))
+    for by, since, until in (("body", None, None), ("county", None, None),
+                             ("township", None, None), ("body", datetime(2026, 10, 2, tzinfo=UTC), None),
+                             ("county", *cst), ("body", *cst)):
+        t0 = time.perf_counter()
+        ref = _reference(s, p, by, since, until)
+        t_ref = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        got = {g["group"]: g for g in service.kpis(s, p, by=by, now=NOW, since=since,
+                                                    until=until)["groups"]}
+        t_new = time.perf_counter() - t0
+        what = f"by {by}" + (f" {since:%m-%d}..{until:%m-%d}" if since and until else
+                             f" since {since:%m-%d}" if since else "")
+        print(f"  baseline (join-based, incl. node times and oversight when shown) {what} ({who}): "
+              f"{t_ref:6.2f} s; now kpis {t_new:5.2f} s (first call)", flush=True)
+        for key, want in ref["kpi"].items():
+            have = {k: got.get(key, {}).get(k, 0) for k in want}
+            if have != want:
+                bad += 1
+                print(f"  MISMATCH kpi by {by} {key} ({who}): {have} != {want}")
+        if "hours" in ref and until is None:
+            hours = {(h["group"], h["node"]): (h["n"], h["mean_hours"])
+                     for h in service.node_hours(s, p, by="body")}
+            if hours != ref["hours"]:
+                bad += 1
+                print(f"  MISMATCH node hours ({who}): {sorted(set(hours.items()) ^ set(ref['hours'].items()))[:6]}")
+            for kind, total in ref["oversight"].items():
+                have_total = service.oversight(s, p, kind, now=NOW, limit=1)["total"]
+                if have_total != total:
+                    bad += 1
+                    print(f"  MISMATCH oversight {kind} ({who}): {have_total} != {total}")
+    print(f"check ({who}): {'all figures equal the join-based reference' if not bad else f'{bad} mismatches'}",
+          flush=True)
+    return bad
 
 
 def _time(label: str, fn: object, results: list[tuple[str, float]]) -> None:
@@ -123,35 +244,68 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--leads", type=int, default=1_000_000)
     ap.add_argument("--keep", action="store_true", help="keep the scratch database")
+    ap.add_argument("--db", default=None,
+                    help="named scratch database: generated (and kept) when missing, reused as is "
+                         "(only migrated to head) when present")
+    ap.add_argument("--check", action="store_true",
+                    help="also compare every figure with the join-based reference (slow)")
+    ap.add_argument("--generate-at", default="head",
+                    help="migration revision to generate the data at (the later ones then run over "
+                         "the generated data, backfills included)")
     ap.add_argument("--url", default=os.environ.get(
         "LEADGRID_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
     args = ap.parse_args()
 
-    name = f"leadgrid_bench_{uuid.uuid4().hex[:8]}"
+    name = args.db or f"leadgrid_bench_{uuid.uuid4().hex[:8]}"
+    keep = args.keep or args.db is not None
     admin = create_engine(args.url, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
+        exists = c.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+        if not exists:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
     url = args.url.rsplit("/", 1)[0] + "/" + name
     engine = make_engine(Settings(database_url=url))
     try:
-        migrate.upgrade(engine)
         sessions = session_factory(engine)
-        with unit_of_work(sessions) as s:
-            routing.seed(s, DATA, now=NOW)
+        if not exists:
+            migrate.upgrade(engine, args.generate_at)
+            with unit_of_work(sessions) as s:
+                routing.seed(s, DATA, now=NOW)
+            t0 = time.perf_counter()
+            with engine.begin() as c:
+                for sql in GENERATE:
+                    c.execute(text(sql), {"n": args.leads, "now": NOW})
+                c.execute(text("ANALYZE"))
+            print(f"generated in {time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
+        before = migrate.current_revision(engine)
+        migrate.upgrade(engine)
+        migrated = before != migrate.current_revision(engine)
+        print(f"migrated {before} -> {migrate.current_revision(engine)} in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        # A migration that rewrote every case row (0004's backfill) leaves the table twice its
+        # size: compact it as an operator would after such an upgrade.
+        t0 = time.perf_counter()
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            if migrated:
+                c.execute(text("VACUUM FULL wf_cases"))
+            c.execute(text("VACUUM ANALYZE" if migrated else "ANALYZE"))
+        print(f"{'vacuumed (full: wf_cases) and ' if migrated else ''}analysed in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
         with engine.begin() as c:
-            for sql in GENERATE:
-                c.execute(text(sql), {"n": args.leads, "now": NOW})
-            c.execute(text("ANALYZE"))
             counts = c.execute(text(
                 "SELECT (SELECT count(*) FROM leads), (SELECT count(*) FROM wf_clocks), "
                 "(SELECT count(*) FROM audit_events)")).one()
-        print(f"generated {counts[0]:,} leads, {counts[1]:,} clocks, {counts[2]:,} events in "
-              f"{time.perf_counter() - t0:.0f} s")
+        print(f"database {name}: {counts[0]:,} leads, {counts[1]:,} clocks, {counts[2]:,} events",
+              flush=True)
 
         city = Principal("leader", frozenset({"leader"}))
         county = Principal("insp", frozenset({"inspector"}), frozenset({"320301"}))
         results: list[tuple[str, float]] = []
+        if args.check:
+            with unit_of_work(sessions) as s:
+                for who, p in (("city", city), ("county 320301", county)):
+                    _check(s, p, who)
         with unit_of_work(sessions) as s:
             for who, p in (("city", city), ("county 320301", county)):
                 for by in ("body", "county", "township"):
@@ -160,6 +314,13 @@ def main() -> None:
                 _time(f"kpi by body, last 30 days ({who})",
                       lambda p=p: service.kpis(s, p, by="body", now=NOW,
                                                since=datetime(2026, 10, 2, tzinfo=UTC)), results)
+                # A window in local (Asia/Shanghai) days: whole UTC days from the rollup, the
+                # partial days at both edges case by case.
+                _time(f"kpi by county, 2026-10-02..10-31 +08:00 ({who})",
+                      lambda p=p: service.kpis(s, p, by="county", now=NOW,
+                                               since=datetime(2026, 10, 1, 16, tzinfo=UTC),
+                                               until=datetime(2026, 10, 31, 16, tzinfo=UTC)),
+                      results)
                 _time(f"time per node by body ({who})",
                       lambda p=p: service.node_hours(s, p, by="body"), results)
                 for kind in service.OVERSIGHT_KINDS:
@@ -170,7 +331,7 @@ def main() -> None:
               f"{len(slow)} at or over 1 s" + (f": {slow}" if slow else ""))
     finally:
         engine.dispose()
-        if not args.keep:
+        if not keep:
             with admin.connect() as c:
                 c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

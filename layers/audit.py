@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from layers.db import bulk_insert
 from layers.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
@@ -69,9 +70,12 @@ def _digest(prev: str, seq: int, ev: Mapping[str, Any]) -> str:
 
 
 def _lock_head(session: Session) -> tuple[int, str]:
-    # The UPDATE takes the lock before we read, so two writers cannot chain onto the same hash.
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
-    row = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).first()
+    # The UPDATE takes the lock as it reads (one round trip), so two writers cannot chain onto
+    # the same hash.
+    row = session.execute(
+        update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq)
+        .returning(AuditHead.seq, AuditHead.hash)
+    ).first()
     if row is None:
         session.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS))
         return 0, GENESIS
@@ -112,7 +116,7 @@ def record(session: Session, events: Iterable[EventIn]) -> int:
         row["hash"] = prev = _digest(row["prev_hash"], seq, row)
         rows.append(row)
     if rows:
-        session.execute(AuditEvent.metadata.tables["audit_events"].insert(), rows)
+        bulk_insert(session, AuditEvent.metadata.tables["audit_events"], rows)
         session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
     return len(rows)
 

@@ -7,7 +7,7 @@ cannot, so the engine uses ``pysqlite3`` (``pysqlite3-binary``) when it is insta
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import pyogrio  # noqa: F401  (imported for its side effect on library load orde
 import pyproj  # noqa: F401
 import shapely  # noqa: F401
 from geoalchemy2.admin.dialects.sqlite import load_spatialite_driver
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -128,3 +128,124 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+COPY_THRESHOLD = 64
+"""Below this many rows a pipelined ``executemany`` beats setting up a COPY."""
+
+
+def reserve_ids(session: Session, table: Table, n: int) -> list[int] | None:
+    """Draw ``n`` ids from ``table``'s id sequence on PostgreSQL (``None`` elsewhere).
+
+    With the ids known before the insert, a bulk load needs no read-back query and can use COPY.
+
+    Parameters
+    ----------
+    session
+        The open unit of work.
+    table
+        A table whose ``id`` column is a serial/identity column.
+    n
+        How many ids.
+
+    Returns
+    -------
+    list of int or None
+        Ascending ids on PostgreSQL; ``None`` on SQLite, where the caller lets the insert assign them.
+    """
+    if n <= 0 or session.get_bind().dialect.name != "postgresql":
+        return None
+    rows = session.execute(
+        text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
+        {"t": table.name, "n": n},
+    )
+    return sorted(int(r[0]) for r in rows)
+
+
+def bulk_insert(session: Session, table: Table, rows: Sequence[Mapping[str, Any]], *, chunk: int = 5000) -> int:
+    """Insert many rows in the caller's transaction: ``COPY … FROM STDIN`` on PostgreSQL.
+
+    psycopg's ``executemany`` sends one statement per row (pipelined); COPY streams the whole set
+    in one command, several times faster. Values go through each column type's bind processing
+    first (UTC datetimes, JSON), so the stored values are exactly what an ``INSERT`` would store.
+    On SQLite, and for fewer than :data:`COPY_THRESHOLD` rows, it is a plain ``executemany``.
+
+    Parameters
+    ----------
+    session
+        The open unit of work.
+    table
+        Target table.
+    rows
+        Dicts with the same keys (column names) in every row.
+    chunk
+        Rows per statement on SQLite.
+
+    Returns
+    -------
+    int
+        Rows written.
+
+    Raises
+    ------
+    sqlalchemy.exc.IntegrityError
+        A constraint was violated (as an ``INSERT`` would raise), so callers and
+        :func:`unit_of_work` handle both paths alike.
+    """
+    if not rows:
+        return 0
+    conn = session.connection()
+    dialect = conn.dialect
+    if dialect.name != "postgresql" or len(rows) < COPY_THRESHOLD:
+        for start in range(0, len(rows), chunk):
+            session.execute(table.insert(), list(rows[start:start + chunk]))
+        return len(rows)
+    columns = list(rows[0].keys())
+    unknown = [c for c in columns if c not in table.c]
+    if unknown:
+        raise ValueError(f"bulk_insert into {table.name}: unknown columns {unknown}")
+    # Python-side column defaults (``default=``) are applied by INSERT compilation, not by the
+    # server, so COPY must fill them in; server defaults apply to omitted columns by themselves.
+    defaults: dict[str, Any] = {}
+    for col in table.c:
+        d = col.default
+        if col.name in columns or d is None or getattr(d, "is_sequence", False):
+            continue
+        if getattr(d, "is_scalar", False):
+            defaults[col.name] = d.arg  # type: ignore[attr-defined]
+        elif getattr(d, "is_callable", False):
+            defaults[col.name] = d.arg(None)  # type: ignore[attr-defined]
+    if defaults:
+        rows = [{**defaults, **r} for r in rows]
+        columns = list(rows[0].keys())
+    procs = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
+    prep = dialect.identifier_preparer
+    sql = f"COPY {prep.format_table(table)} ({', '.join(prep.quote(c) for c in columns)}) FROM STDIN"
+    raw: Any = conn.connection.driver_connection
+    import psycopg  # PostgreSQL only; imported here so SpatiaLite installs need no libpq
+
+    try:
+        with raw.cursor() as cur, cur.copy(sql) as copy:
+            for r in rows:
+                copy.write_row([p(r[c]) if p is not None else r[c] for c, p in zip(columns, procs, strict=True)])
+    except psycopg.errors.IntegrityError as exc:
+        raise IntegrityError(sql, None, exc) from exc
+    return len(rows)
+
+
+def write_lock(session: Session) -> None:
+    """On SQLite, take the database's write lock now rather than at the first write.
+
+    SQLite starts a transaction as a reader and upgrades at its first write; what it read
+    before that may be stale by then. A transaction that must read and write one consistent
+    state (intake reading the active boundary version, activation reading the leads it
+    re-dispatches) calls this first. A no-op on PostgreSQL, where row locks do that job.
+
+    Parameters
+    ----------
+    session
+        The open unit of work.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        # An UPDATE that matches nothing still opens a write transaction (RESERVED lock).
+        session.execute(text("UPDATE audit_head SET seq = seq WHERE 0"))

@@ -36,6 +36,7 @@ from geo import crs as gcrs
 from geo.assign import BoundaryIndex
 from geo.assign import lookup as lookup_point
 from layers import audit
+from layers.db import write_lock
 from layers.errors import Conflict, Invalid, NotFound
 from layers.models import (
     AuditEvent,
@@ -620,7 +621,12 @@ def _switch(session: Session, version: BoundaryVersion, frame: gpd.GeoDataFrame,
     from layers.boundary_review import compute_moves
     from layers.routing import Router
 
-    previous = session.scalar(select(BoundaryVersion).where(BoundaryVersion.status == VersionStatus.active.value))
+    # Exclusive on the active row before reading any lead: intakes in flight (holding it shared,
+    # see IndexCache.get) commit first and are seen below; later ones wait for the switch.
+    write_lock(session)
+    previous = session.scalar(
+        select(BoundaryVersion).where(BoundaryVersion.status == VersionStatus.active.value).with_for_update()
+    )
     index = INDEX_CACHE.for_version(session, version.id, frame)
     # Moves are computed before the switch, inside the same transaction, so the stored
     # assignments compared are exactly the ones the switch replaces.
@@ -771,10 +777,24 @@ class IndexCache:
         self._versions: OrderedDict[tuple[str, int], BoundaryIndex] = OrderedDict()
         self._keep = keep
 
-    def get(self, session: Session) -> BoundaryIndex | None:
-        vid = session.scalar(
-            select(BoundaryVersion.id).where(BoundaryVersion.status == VersionStatus.active.value)
-        )
+    def get(self, session: Session, *, for_write: bool = False) -> BoundaryIndex | None:
+        """The active version's index.
+
+        ``for_write=True`` (intake) also holds the active version for the rest of the
+        transaction: a shared row lock on PostgreSQL, the write lock on SQLite. Activation and
+        rollback lock the same row exclusively, so a lead is either committed before a switch
+        (and re-dispatched by it) or assigned against the new version, never lost between them.
+        """
+        stmt = select(BoundaryVersion.id).where(BoundaryVersion.status == VersionStatus.active.value)
+        if for_write:
+            write_lock(session)
+            if session.get_bind().dialect.name == "postgresql":
+                stmt = stmt.with_for_update(read=True)
+        vid = session.scalar(stmt)
+        if vid is None and for_write:
+            # Waiting on a switch that then committed finds the old row no longer active;
+            # a fresh statement sees the new one.
+            vid = session.scalar(stmt)
         if vid is None:
             return None
         key = str(session.get_bind().engine.url)

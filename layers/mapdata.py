@@ -9,7 +9,8 @@ list would hide. The maps must stay usable at 100,000 leads, so:
   the driver's plain tuples are transposed with the garbage collector paused;
 * the served maps read leaner frames still: :func:`lead_points` (the distribution map: one
   ``category|status|body`` key per row, categoricals, ``lon``/``lat`` floats and no shapely
-  objects) and :func:`lead_locations` (the hotspot map: coordinates only); :func:`lead_frame`
+  objects) and :func:`hotspot_frames` (the hotspot map: coordinates and township codes only, the
+  township counts made from those codes); :func:`lead_frame`
   keeps the full GeoDataFrame for everything else;
 * per-jurisdiction figures (counts, open, overdue, closed, on time, rebounds) are aggregated by the
   database (one ``GROUP BY`` area and body gives the figures and the lagging body), never by
@@ -68,6 +69,7 @@ __all__ = [
     "LEVELS",
     "MAX_TEXT_LEADS",
     "area_frame",
+    "hotspot_frames",
     "lead_frame",
     "lead_locations",
     "lead_points",
@@ -343,6 +345,44 @@ def lead_locations(session: Session, p: Principal, f: LeadFilter) -> pd.DataFram
         rows = _fetch(session, stmt.order_by(Lead.id))
         xy = np.array(rows, dtype=float).reshape(len(rows), 2)
     return pd.DataFrame({"lon": xy[:, 0], "lat": xy[:, 1]})
+
+
+def hotspot_frames(session: Session, p: Principal, f: LeadFilter) -> tuple[pd.DataFrame, gpd.GeoDataFrame]:
+    """What the hotspot map reads: the lead locations, and the townships with their lead counts.
+
+    One scan of the leads gives both: each located lead's ``lon``, ``lat`` and the township code
+    it was assigned at intake, so the township Gi* needs no point-in-polygon of 100,000 points.
+    (A separate ``GROUP BY township_code`` restricted to located leads reads every row's geometry
+    again on SpatiaLite: a quarter of a second at 100,000 leads, against a few hundredths for
+    counting the codes already fetched.)
+
+    Parameters
+    ----------
+    session : Session
+    p : Principal
+        The caller; their scope is part of the SQL (leads and townships, as :func:`area_frame`).
+    f : LeadFilter
+
+    Returns
+    -------
+    leads : pandas.DataFrame
+        Float ``lon``, ``lat`` (EPSG:4326), the rows of :func:`lead_locations`.
+    townships : geopandas.GeoDataFrame
+        The townships of :func:`area_frame` with ``count`` the number of those located leads
+        whose township code is the township's (leads without a location are not counted).
+    """
+    stmt = _apply_filter(
+        select(func.ST_X(Lead.geom), func.ST_Y(Lead.geom), Lead.township_code).where(Lead.geom.is_not(None)), p, f
+    )
+    with _gc_paused():
+        rows = _fetch(session, stmt.order_by(Lead.id))
+        cols = list(zip(*rows, strict=True)) if rows else [(), (), ()]
+        del rows
+    leads = pd.DataFrame({"lon": np.asarray(cols[0], dtype=float), "lat": np.asarray(cols[1], dtype=float)})
+    per_code = pd.Series(np.array(cols[2], dtype=object)).value_counts()
+    towns = _area_shapes(session, p, "township")
+    towns["count"] = towns["code"].map(per_code).fillna(0).astype(int)
+    return leads, towns
 
 
 def count_leads(session: Session, p: Principal, f: LeadFilter) -> int:

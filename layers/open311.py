@@ -6,8 +6,10 @@ Field mapping (GeoReport v2 → leadgrid):
 service_code / name       category code / name (``description`` = English name)
 service_request_id        lead code
 status                    ``closed`` when the lead is closed or merged, else ``open``
-status_notes              the last *public* audit event of the lead: an event whose
-                          ``after`` carries ``"public": true``; its ``public_note`` (or reason)
+status_notes              the lead's last *public* note: the ``public_note`` of its latest
+                          workflow step that carried one (text approved for publication; the
+                          internal ``note`` and complainant data never appear), or an event
+                          whose ``after`` carries ``"public": true``
 agency_responsible        the responsible body's name
 expected_datetime         the lead's current deadline (``due_at``)
 requested_datetime        ``reported_at``; ``updated_datetime`` = ``updated_at``
@@ -126,7 +128,13 @@ def _public_notes(session: Session, lead_ids: Sequence[int]) -> dict[int, str]:
             .order_by(AuditEvent.seq)
         ).all()
         for entity_id, after, reason in rows:  # oldest first: the last public one wins
-            if isinstance(after, Mapping) and after.get("public") is True:
+            if not isinstance(after, Mapping):
+                continue
+            payload = after.get("payload")
+            approved = payload.get("public_note") if isinstance(payload, Mapping) else None
+            if approved:  # a workflow step with text approved for publication
+                notes[int(entity_id)] = str(approved)
+            elif after.get("public") is True:
                 notes[int(entity_id)] = str(after.get("public_note") or reason or "")
     return notes
 

@@ -12,8 +12,9 @@ import csv
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from layers import audit
@@ -44,25 +45,64 @@ class _Rule:
     body_code: str
 
 
+_ROUTERS: dict[str, tuple[tuple[Any, ...], Router]] = {}
+
+
+def clear_cache() -> None:
+    """Forget every cached :meth:`Router.current` (tests that truncate and reseed call this)."""
+    _ROUTERS.clear()
+
+
 class Router:
     """The active routing rules in memory, with a memo of decisions per distinct key."""
 
-    def __init__(self, rules: list[_Rule], groups: dict[str, str]) -> None:
+    def __init__(self, rules: list[_Rule], groups: dict[str, str], urgency: dict[str, str] | None = None) -> None:
         self._rules = sorted(rules, key=lambda r: (r.priority, r.id))
         self._groups = groups
+        self.urgency: dict[str, str] = dict(urgency or {})
+        """Category code → default urgency."""
+        self.categories: frozenset[str] = frozenset(groups)
+        """The known category codes."""
         self._memo: dict[tuple[str, str | None, str | None, str | None], Route] = {}
 
     @classmethod
     def load(cls, session: Session) -> Router:
-        """Read the rules in force (not retired) and the category groups."""
+        """Read the rules in force (not retired) and the categories (groups, default urgency)."""
         rows = session.scalars(select(RoutingRule).where(RoutingRule.retired_at.is_(None))).all()
         rules = [
             _Rule(r.id, r.priority, r.category_code, r.category_group, r.jurisdiction_level,
                   r.jurisdiction_code, r.body_code)
             for r in rows
         ]
-        groups = {code: group for code, group in session.execute(select(Category.code, Category.group))}
-        return cls(rules, groups)
+        groups: dict[str, str] = {}
+        urgency: dict[str, str] = {}
+        for code, group, urg in session.execute(select(Category.code, Category.group, Category.urgency)):
+            groups[code] = group
+            urgency[code] = urg
+        return cls(rules, groups, urgency)
+
+    @classmethod
+    def current(cls, session: Session) -> Router:
+        """:meth:`load`, cached per database until a rule or a category is added or retired.
+
+        Rules are only ever added or retired and categories only added, so one cheap query
+        (counts and highest ids) tells whether the cached router is still the one in force.
+        Intake calls this once per request or batch.
+        """
+        stamp = tuple(session.execute(select(
+            select(func.count(RoutingRule.id)).scalar_subquery(),
+            select(func.max(RoutingRule.id)).scalar_subquery(),
+            select(func.count(RoutingRule.id)).where(RoutingRule.retired_at.is_(None)).scalar_subquery(),
+            select(func.count(Category.id)).scalar_subquery(),
+            select(func.max(Category.id)).scalar_subquery(),
+        )).one())
+        key = str(session.get_bind().engine.url)
+        hit = _ROUTERS.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        router = cls.load(session)
+        _ROUTERS[key] = (stamp, router)
+        return router
 
     def route(self, category: str, city: str | None, county: str | None, township: str | None) -> Route:
         """Route one lead.

@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     baidu_key: str | None = None
     max_page_size: int = Field(default=1000, ge=1, le=10000)
     escalation_interval_s: int = Field(default=300, ge=10)
+    # Duplicates and rebounds at intake (layers.workflow.duplicates).
+    duplicate_distance_m: float = Field(default=100.0, ge=0, le=5000,
+                                        description="same category within this distance of an open lead")
+    duplicate_window_hours: float = Field(default=72.0, ge=0, le=24 * 366,
+                                          description="... reported within this many hours of it")
+    rebound_distance_m: float = Field(default=100.0, ge=0, le=5000,
+                                      description="same category within this distance of a closed lead")
+    rebound_days: float = Field(default=90.0, ge=0, le=3660,
+                                description="... closed at most this many days before the new report")
     echo_sql: bool = False
 
     @field_validator("database_url")

@@ -124,6 +124,7 @@ def db(migrated: Db, tmp_path: Path) -> Iterator[Db]:
             c.execute(text("TRUNCATE " + ", ".join(f'"{n}"' for n in names) + " RESTART IDENTITY CASCADE"))
     INDEX_CACHE.clear()
     geocoder.clear()
+    routing.clear_cache()
 
 
 # Tiny literal layer near Xuzhou (lon 117, lat 34): a city made of two counties sharing the

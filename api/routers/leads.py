@@ -40,12 +40,18 @@ def lead_public(lead: Lead) -> LeadPublic:
 def create_lead(body: LeadCreate, request: Request, session: SessionDep, settings: SettingsDep,
                 p: Annotated[Principal, require(*INTAKE_ROLES)]) -> LeadCreated:
     """Take in one lead; idempotent on channel + external id; returns the assignment and why."""
+    if p.citywide or p.has("dispatcher"):
+        # Group commit with the other intakes in flight. End this request's own transaction
+        # first, so no request holds a pooled connection while it waits for its batch.
+        session.commit()
+        out = request.app.state.batcher.intake(body.model_dump(), actor=p.username)
+        return LeadCreated(code=out.code, id=out.lead_id, created=out.created, assignment=out.assignment or None)
     now = datetime.now(UTC)
-    cats = routing.category_codes(session)
+    cats = set(routing.Router.current(session).categories)
     item = leads.validate_lead(body.model_dump(), categories=cats, now=now)
     out = request.app.state.intake(session, [item], actor=p.username, now=now)[0]
     # A scoped field user may only file leads that land in their scope; raising rolls back.
-    if out.created and not p.citywide and not p.has("dispatcher"):
+    if out.created:
         a = out.assignment
         codes = {a.get("city_code"), a.get("county_code"), a.get("township_code")}
         if not (p.scope_codes & codes) and a.get("body_code") not in p.scope_bodies:
@@ -72,8 +78,10 @@ def list_leads(
     f = leads.LeadFilter(status=status, body=body, category=category, channel=channel,
                          jurisdiction=jurisdiction, since=_aware(since), until=_aware(until),
                          review=review)
-    total, rows = leads.list_leads(session, p, f, page=page, page_size=min(page_size, settings.max_page_size))
-    return LeadPage(total=total, page=page, page_size=page_size, items=[lead_public(r) for r in rows])
+    total, exact, rows = leads.list_leads(session, p, f, page=page,
+                                          page_size=min(page_size, settings.max_page_size))
+    return LeadPage(total=total, total_exact=exact, page=page, page_size=page_size,
+                    items=[lead_public(r) for r in rows])
 
 
 @router.get("/{ref}", response_model=LeadPublic)

@@ -185,8 +185,8 @@ def hotspots(request: Request, session: SessionDep, settings: SettingsDep, p: Ma
              cell_m: Annotated[float | None, Query(ge=50, le=50_000)] = None) -> Response:
     """Significant hot and cold spots (Gi*, FDR) on townships and a grid, with a heat layer."""
     look = _look(settings, lang)
-    leads = mapdata.lead_locations(session, p, f)
-    towns = mapdata.area_frame(session, p, f, level="township")
+    # Township Gi* reads the leads' township codes counted per township: no point-in-polygon.
+    leads, towns = mapdata.hotspot_frames(session, p, f)
     crs: Any
     if len(towns):
         crs = gcrs.metric_crs_for(tuple(towns.total_bounds))
@@ -195,7 +195,7 @@ def hotspots(request: Request, session: SessionDep, settings: SettingsDep, p: Ma
     else:
         crs = 4527
     try:
-        m = render_hotspots(leads, towns, crs=crs, cell_size=cell_m, unit=unit, **look)
+        m = render_hotspots(leads, towns, crs=crs, cell_size=cell_m, township_counts="count", unit=unit, **look)
     except (HotspotInputError, MapInputError) as exc:
         raise Invalid("cell_m", cell_m, str(exc)) from None
     return page(m, settings, _encoding(request))

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from api.deps import PrincipalDep, SessionDep, require
 from layers.errors import Invalid
 from layers.users import Principal
-from layers.workflow import service
+from layers.workflow import duplicates, service
 from layers.workflow.calendar import NoticeError, parse_holiday_notice
 
 router = APIRouter(tags=["workflow"])
@@ -54,6 +54,38 @@ def get_trail(ref: str, session: SessionDep, p: PrincipalDep) -> dict[str, Any]:
     return service.trail(session, p, ref)
 
 
+class DismissIn(BaseModel):
+    """Why a duplicate proposal is wrong."""
+
+    reason: str = Field(default="", max_length=4000)
+
+
+@router.get("/leads/{ref}/links")
+def get_links(ref: str, session: SessionDep, p: PrincipalDep) -> dict[str, Any]:
+    """Duplicate proposal, rebound link, rebounds counted against it, merged children."""
+    return duplicates.lead_links(session, p, ref)
+
+
+@router.post("/leads/{ref}/duplicate/dismiss")
+def post_dismiss_duplicate(ref: str, session: SessionDep,
+                           p: Annotated[Principal, require("dispatcher", "admin")],
+                           body: Annotated[DismissIn | None, Body()] = None) -> dict[str, Any]:
+    """Reject the duplicate proposal of a lead (confirm one with the ``merge`` action)."""
+    return duplicates.dismiss_duplicate(session, p, ref, now=datetime.now(UTC),
+                                        reason=(body or DismissIn()).reason)
+
+
+@router.get("/queue")
+def get_queue(
+    session: SessionDep,
+    p: Annotated[Principal, require("dispatcher", "admin", "leader")],
+    kind: Literal["unrouted", "returned", "duplicates", "feedback_owed"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> dict[str, Any]:
+    """The dispatcher's queue: unrouted, returned, proposed duplicates, merged leads owed feedback."""
+    return duplicates.dispatcher_queue(session, p, kind=kind, limit=limit)
+
+
 @router.get("/kpi")
 def get_kpi(
     session: SessionDep,
@@ -79,7 +111,8 @@ def get_oversight(
     p: Annotated[Principal, require(*OVERSEERS)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:
-    """再监督 lists: overdue, returned, closed_too_fast, rebounds, dissatisfied, extensions."""
+    """再监督 lists: overdue, returned, closed_too_fast, rebounds, dissatisfied, extensions,
+    feedback_owed."""
     return service.oversight(session, p, kind, now=datetime.now(UTC), limit=limit)
 
 

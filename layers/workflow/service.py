@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
 from importlib.metadata import version as _pkg_version
 from typing import Any
 from typing import cast as tcast
@@ -44,6 +45,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -51,10 +53,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from layers import audit
+from layers.db import bulk_insert
 from layers.errors import Conflict, Forbidden, Invalid, NotFound
 from layers.models import Body, Category, Dispatch, Lead
 from layers.shapes import point_ewkt
-from layers.users import Principal, lead_scope_clause
+from layers.users import Principal, lead_scope_clause, scope_clause
+from layers.workflow import duplicates
 from layers.workflow import transitions as tr
 from layers.workflow.calendar import CalendarRecord, DayKind, WorkCalendar, chinesecalendar_records
 from layers.workflow.deadlines import (
@@ -77,11 +81,14 @@ from layers.workflow.states import (
     State,
 )
 from layers.workflow.store import (
+    KPI_COUNTERS,
+    OVERSIGHT_PREDICATES,
     WfCalendarDay,
     WfCase,
     WfClock,
     WfEvidence,
     WfExtension,
+    WfKpiDaily,
     WfNotice,
 )
 from layers.workflow.warnings import Escalation, escalation_step
@@ -356,7 +363,7 @@ def open_cases(
         chunk = list(lead_ids[start:start + CHUNK])
         rows = session.execute(
             select(Lead.id, Lead.channel, Lead.category_code, Lead.urgency, Lead.status,
-                   Lead.body_code, Category.group)
+                   Lead.body_code, Category.group, *_COPIED_FROM_LEAD)
             .join(Category, Category.code == Lead.category_code)
             .where(Lead.id.in_(chunk))
         ).all()
@@ -380,17 +387,27 @@ def open_cases(
                 "first_sign_due_at": sign["due_at"] if sign else None,
                 "conclude_due_at": conclude["due_at"] if conclude else None,
                 "dispatch_count": int(dispatched),
+                **_lead_copies(r),
             })
             lead_due = (conclude or made[Node.ACCEPT])["due_at"]
             dues.append({"b_id": r.id, "b_due": lead_due})
     # Core inserts on the tables: the ORM's bulk path emits one statement per row here.
     case_t = WfCase.metadata.tables[WfCase.__tablename__]
     clock_t = WfClock.metadata.tables[WfClock.__tablename__]
-    for start in range(0, len(cases), CHUNK):
-        session.execute(case_t.insert(), cases[start:start + CHUNK])
-    for start in range(0, len(clocks), CHUNK):
-        session.execute(clock_t.insert(), clocks[start:start + CHUNK])
-    if dues:
+    # In the order of the daily rollup's key, which the insert trigger updates row by row: two
+    # intakes committing at once then lock rollup rows in the same order and cannot deadlock.
+    cases.sort(key=lambda c: (str(c.get("lead_received_at")), str(c.get("city_code")), str(c.get("county_code")),
+                              str(c.get("township_code")), str(c.get("body_code")), c["lead_id"]))
+    bulk_insert(session, case_t, cases, chunk=CHUNK)
+    bulk_insert(session, clock_t, clocks, chunk=CHUNK)
+    if dues and session.get_bind().dialect.name == "postgresql":
+        # One statement for the whole batch instead of one pipelined UPDATE per lead.
+        session.execute(
+            text("UPDATE leads SET due_at = u.due FROM unnest(CAST(:ids AS integer[]), "
+                 "CAST(:dues AS timestamptz[])) AS u(id, due) WHERE leads.id = u.id"),
+            {"ids": [d["b_id"] for d in dues], "dues": [d["b_due"] for d in dues]},
+        )
+    elif dues:
         # Core UPDATE on the table: opening is part of intake, not a change that bumps the version.
         session.execute(
             update(LEADS_T).where(LEADS_T.c.id == bindparam("b_id"))
@@ -398,6 +415,18 @@ def open_cases(
             dues,
         )
     return len(cases)
+
+
+#: Lead columns copied onto the case row (kept equal afterwards by the trigger of migration 0004).
+_COPIED_FROM_LEAD = (Lead.status.label("c_status"), Lead.closed_at.label("c_closed_at"),
+                     Lead.received_at.label("c_received_at"), Lead.city_code.label("c_city"),
+                     Lead.county_code.label("c_county"), Lead.township_code.label("c_township"))
+
+
+def _lead_copies(r: Any) -> dict[str, Any]:
+    return {"lead_status": r.c_status, "lead_closed_at": r.c_closed_at,
+            "lead_received_at": r.c_received_at, "city_code": r.c_city, "county_code": r.c_county,
+            "township_code": r.c_township, "body_code": r.body_code}
 
 
 def _sync_due(session: Session, lead_ids: Iterable[int]) -> None:
@@ -502,7 +531,13 @@ def _case_row(session: Session, lead_id: int) -> WfCase:
     wf = session.get(WfCase, lead_id)
     if wf is None:
         # Leads stored before the workflow existed get their case row on first use.
-        wf = WfCase(lead_id=lead_id, dispatch_count=0, return_count=0, body_changes=0,
+        lead = session.get(Lead, lead_id)
+        copies = {} if lead is None else {
+            "lead_status": lead.status, "lead_closed_at": lead.closed_at,
+            "lead_received_at": lead.received_at, "city_code": lead.city_code,
+            "county_code": lead.county_code, "township_code": lead.township_code,
+            "body_code": lead.body_code}
+        wf = WfCase(lead_id=lead_id, **copies, dispatch_count=0, return_count=0, body_changes=0,
                     verify_count=0, verify_fail_count=0, extensions_used=0,
                     extension_days_used=0, reopen_count=0, urged=False, supervised=False)
         session.add(wf)
@@ -626,6 +661,8 @@ def transition(
         clean_payload["parent_id"] = str(parent.id)
     if action in (Action.DISPATCH.value, Action.REOPEN_REDISPATCH.value) and "body" in payload:
         _check_body(session, payload["body"])
+    if action == Action.FEEDBACK.value and lead.status == State.MERGED.value:
+        _check_child_feedback(session, lead, wf)
     try:
         res = tr.apply(view, action, actor, clean_payload, now)
     except tr.TransitionError as exc:
@@ -705,6 +742,13 @@ def transition(
         wf.feedback_at = now
         session.add(WfEvidence(lead_id=lead.id, kind="feedback", note=payload["feedback_note"],
                                photo_refs=[], actor=principal.username, at=now))
+        if state_before == State.MERGED.value:
+            # A merged child's own complainant is told the parent's result: the obligation ends.
+            wf.feedback_owed = False
+            fb = duplicates.running_feedback_clock(session, lead.id)
+            if fb is not None:
+                fb.stopped_at, fb.stop_action = now, act.value
+                clock_log.append({"op": "stop", "node": Node.FEEDBACK.value, "clock_id": fb.id})
     elif act == Action.RETURN_VISIT:
         wf.return_visit_at = now
         wf.satisfaction = str(ch["satisfaction"])
@@ -718,6 +762,12 @@ def transition(
         pass
     if ch.get("rebound"):
         wf.reopen_count += 1
+    if act == Action.MERGE:
+        duplicates.on_merge(session, lead, wf)
+        if parent is not None and parent.status == State.CLOSED.value and wf.feedback_owed:
+            _owe_feedback(session, [lead], now, cal, rules, policy)
+    if res.state_after == State.CLOSED and state_before != State.CLOSED.value:
+        _owe_feedback(session, duplicates.children_owed(session, lead.id), now, cal, rules, policy)
     if act == Action.EXTENSION_REQUEST:
         pe = ch["pending_extension"]
         clock = _running(session, lead.id, pe.node)
@@ -766,6 +816,42 @@ def transition(
         state_before=state_before, state_after=lead.status, version=lead.row_version,
         due_at=lead.due_at, clocks=clock_log,
     )
+
+
+def _check_child_feedback(session: Session, lead: Lead, wf: WfCase) -> None:
+    """Feedback on a merged child: owed, and its parent's result exists (the parent closed)."""
+    if not wf.feedback_owed:
+        raise Conflict(f"lead {lead.code} is merged and owes its complainant no feedback "
+                       "(already given)", state=lead.status, version=lead.row_version)
+    parent = session.execute(select(Lead.code, Lead.status).where(Lead.id == lead.parent_id)).one_or_none()
+    if parent is None or parent.status != State.CLOSED.value:
+        raise Conflict(f"lead {lead.code} is merged into {parent.code if parent else '?'} "
+                       f"(state {parent.status if parent else '?'!r}); its feedback waits for "
+                       "the parent to close", state=lead.status, version=lead.row_version)
+
+
+def _owe_feedback(session: Session, children: Sequence[Lead], now: datetime, cal: WorkCalendar,
+                  rules: DeadlineRules, policy: Policy) -> None:
+    """Start the ``feedback`` clock of merged children whose parent closed, and tell dispatch."""
+    dialect = session.get_bind().dialect.name
+    for child in children:
+        if duplicates.running_feedback_clock(session, child.id) is not None:
+            continue
+        regime = _Regime(child.channel, child.category_code,
+                         _groups(session.scalar(select(Category.group)
+                                                .where(Category.code == child.category_code)),
+                                 child.urgency), child.urgency)
+        row = _clock_row(child.id, Node.FEEDBACK, regime, child.body_code, now, cal, rules, policy)
+        clock = WfClock(**row)
+        session.add(clock)
+        session.flush()
+        _notify(session, [{
+            "dedup_key": f"feedback_owed:{child.id}:{clock.id}", "kind": "feedback",
+            "lead_id": child.id, "clock_id": clock.id, "node": Node.FEEDBACK.value,
+            "to_body": None, "to_jurisdiction": child.county_code,
+            "message": f"反馈: {child.code} was merged; its parent closed — tell its complainant",
+            "created_at": now,
+        }], dialect)
 
 
 def _check_body(session: Session, code: Any) -> None:
@@ -1019,6 +1105,7 @@ def trail(session: Session, p: Principal, ref: str) -> dict[str, Any]:
             "rework": wf.verify_fail_count, "extensions": wf.extensions_used,
             "satisfaction": wf.satisfaction, "urged": wf.urged, "supervised": wf.supervised,
             "reopened": wf.reopen_count,
+            **duplicates.case_links(session, lead.id),
         },
         "events": [{"seq": e.seq, "at": e.at, "actor": e.actor, "action": e.action,
                     "before": e.before, "after": e.after, "reason": e.reason, "hash": e.hash}
@@ -1033,8 +1120,18 @@ def trail(session: Session, p: Principal, ref: str) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------- KPIs in SQL
+#
+# Everything reads the narrow ``wf_cases`` rows alone: they carry copies of the lead columns the
+# queries filter and group on (status, closure, receipt, jurisdiction, body — kept equal to the
+# lead by a trigger) and per-node sums of finished clocks (kept by a trigger on the clocks). The
+# only rows read elsewhere are the clocks of cases that moved between bodies (``body_changes >
+# 0``, partial index), whose returns, dispatches and node times belong to several bodies, and
+# clocks without a body (intake before dispatch).
 
-GROUPS = {"body": Lead.body_code, "county": Lead.county_code, "township": Lead.township_code}
+GROUPS = {"body": WfCase.body_code, "county": WfCase.county_code,
+          "township": WfCase.township_code}
+#: Nodes with per-case sums of finished clocks (``n_<node>``, ``s_<node>`` on ``wf_cases``).
+NODE_STATS = tuple(n for n in Node if n != Node.EXTENSION)
 
 
 def _group_col(by: str) -> Any:
@@ -1056,14 +1153,105 @@ def _seconds(session: Session, later: Any, earlier: Any) -> Any:
 
 def _window(q: Any, since: datetime | None, until: datetime | None) -> Any:
     if since is not None:
-        q = q.where(Lead.received_at >= since)
+        q = q.where(WfCase.lead_received_at >= since)
     if until is not None:
-        q = q.where(Lead.received_at < until)
+        q = q.where(WfCase.lead_received_at < until)
     return q
 
 
 def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 4) if den else None
+
+
+def _analytic(session: Session) -> None:
+    """Settings for the KPI aggregates, for the rest of this transaction (PostgreSQL).
+
+    JIT compiling costs more (~0.3 s a query) than it saves here; and with the default random
+    page cost the planner hash-joins all 6 M clocks instead of probing the clocks of the few
+    cases that moved between bodies through their index.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL jit = off"))
+        session.execute(text("SET LOCAL random_page_cost = 1.1"))
+
+
+def _case_scope(p: Principal) -> ColumnElement[bool]:
+    return scope_clause(p, WfCase)
+
+
+def _day_aligned(t: datetime | None) -> bool:
+    return t is None or t.astimezone(UTC).time() == dtime(0)
+
+
+def _split_window(
+    since: datetime | None, until: datetime | None,
+) -> tuple[tuple[datetime | None, datetime | None] | None, list[tuple[datetime, datetime]]]:
+    """The whole UTC days of ``[since, until)`` (for the rollup) and the partial days at its edges.
+
+    Returns ``(None, [])`` when the window holds no whole day (the caller scans it all).
+    """
+    def floor(t: datetime) -> datetime:
+        return datetime.combine(t.astimezone(UTC).date(), dtime(0), UTC)
+
+    d0 = None if since is None else (since if _day_aligned(since) else floor(since) + timedelta(days=1))
+    d1 = None if until is None else floor(until)
+    if d0 is not None and d1 is not None and d0 >= d1:
+        return None, []
+    edges = []
+    if since is not None and d0 is not None and since < d0:
+        edges.append((since, d0))
+    if until is not None and d1 is not None and d1 < until:
+        edges.append((d1, until))
+    return (d0, d1), edges
+
+
+def _rollup_group(by: str) -> Any:
+    _group_col(by)
+    return getattr(WfKpiDaily, f"{by}_code")
+
+
+def _rollup_window(q: Any, since: datetime | None, until: datetime | None) -> Any:
+    if since is not None:
+        q = q.where(WfKpiDaily.day >= since.astimezone(UTC).date())
+    if until is not None:
+        q = q.where(WfKpiDaily.day < until.astimezone(UTC).date())
+    return q
+
+
+#: Same text as the predicate of the partial index ``ix_wf_cases_open_due`` (so it is used).
+_OPEN_CASE = text("wf_cases.lead_status NOT IN ('closed', 'merged')")
+
+
+def _kpi_rollup(session: Session, p: Principal, by: str, now: datetime, since: datetime | None,
+                until: datetime | None, *,
+                late_window: tuple[datetime | None, datetime | None]) -> dict[Any, dict[str, Any]]:
+    """KPI counts per group from the daily rollup (whole days ``[since, until)``) plus the
+    "now"-dependent counts (unsigned or open and late) of the cases received in ``late_window``."""
+    rg = _rollup_group(by)
+    q = _rollup_window(select(rg.label("g"), *[
+        func.sum(getattr(WfKpiDaily, c)).label(c) for c in KPI_COUNTERS])
+        .where(scope_clause(p, WfKpiDaily)).group_by(rg), since, until)
+    rows: dict[Any, dict[str, Any]] = {}
+    for r in session.execute(q):
+        d = r._asdict()
+        if by == "body":  # cases that moved: their dispatches and returns come from the clocks
+            d["dispatches"] = int(d["dispatches"] or 0) - int(d.pop("m_dispatches") or 0)
+            d["returns"] = int(d["returns"] or 0) - int(d.pop("m_returns") or 0)
+        else:
+            d.pop("m_dispatches"), d.pop("m_returns")
+        if d["cases"] or d["dispatches"] or d["returns"]:
+            rows[r.g or None] = {**d, "g": r.g or None, "unsigned_late": 0, "open_late": 0}
+    g = _group_col(by)
+    late = [
+        (and_(WfCase.first_signed_at.is_(None), WfCase.first_sign_due_at < now,
+              WfCase.lead_status != State.MERGED.value), "unsigned_late"),
+        (and_(_OPEN_CASE, WfCase.conclude_due_at < now), "open_late"),
+    ]
+    for cond, name in late:
+        lq = select(g.label("g"), func.count().label("n")).where(cond, _case_scope(p)).group_by(g)
+        for r in session.execute(_window(lq, *late_window)):
+            rows.setdefault(r.g, {"g": r.g, "cases": 0})[name] = int(r.n)
+    return rows
 
 
 def kpis(
@@ -1079,7 +1267,8 @@ def kpis(
 
     Definitions follow :mod:`layers.workflow.kpi` (merged leads left out everywhere); 退单率 is
     attributed to the body a lead was with when it was returned (its stopped clock's body) when
-    grouping by body. ``since``/``until`` filter on the receipt time.
+    grouping by body. 重复投诉率 counts closures a later complaint rebounded (flagged at intake,
+    :mod:`layers.workflow.duplicates`). ``since``/``until`` filter on the receipt time.
 
     Parameters
     ----------
@@ -1097,13 +1286,16 @@ def kpis(
     Returns
     -------
     dict
-        ``groups``: one dict per group with counts, rates and ranks; ``node_hours``: mean hours
-        per node; ``names``: the Chinese KPI names.
+        ``groups``: one dict per group with counts, rates and ranks; ``names``: the Chinese KPI
+        names.
     """
     g = _group_col(by)
-    closed = Lead.status == State.CLOSED.value
+    _analytic(session)
+    closed = WfCase.lead_status == State.CLOSED.value
     sat = [s.value for s in SATISFIED_ANSWERS]
     answered = [s.value for s in Satisfaction if s != Satisfaction.NOT_REACHED]
+    # By body, cases that moved between bodies take their dispatches and returns from the clocks.
+    own = WfCase.body_changes == 0 if by == "body" else literal(True)
     q = (
         select(
             g.label("g"),
@@ -1113,7 +1305,7 @@ def kpis(
             _n(WfCase.first_signed_at.is_not(None)).label("signed"),
             _n(and_(WfCase.first_signed_at.is_(None), WfCase.first_sign_due_at < now))
             .label("unsigned_late"),
-            _n(and_(closed, Lead.closed_at <= WfCase.conclude_due_at)).label("closed_ok"),
+            _n(and_(closed, WfCase.lead_closed_at <= WfCase.conclude_due_at)).label("closed_ok"),
             _n(and_(~closed, WfCase.conclude_due_at < now)).label("open_late"),
             _n(WfCase.verify_fail_count > 0).label("reworked"),
             _n(WfCase.verify_count > 0).label("verified"),
@@ -1121,28 +1313,48 @@ def kpis(
             _n(WfCase.dispatch_count > 0).label("dispatched"),
             _n(WfCase.satisfaction.in_(sat)).label("satisfied"),
             _n(WfCase.satisfaction.in_(answered)).label("answered"),
+            # 重复投诉率: closures a later complaint at the same place rebounded (flagged at intake).
+            _n(and_(closed, WfCase.rebound_count > 0)).label("repeated"),
+            # Every dispatch starts a ``sign`` clock; a return stops one (dispatch_count and
+            # return_count count exactly those).
+            func.sum(case((own, WfCase.dispatch_count), else_=0)).label("dispatches"),
+            func.sum(case((own, WfCase.return_count), else_=0)).label("returns"),
         )
-        .join(WfCase, WfCase.lead_id == Lead.id)
-        .where(Lead.status != State.MERGED.value, lead_scope_clause(p))
+        .where(WfCase.lead_status != State.MERGED.value, _case_scope(p))
         .group_by(g)
     )
-    rows = {r.g: r._asdict() for r in session.execute(_window(q, since, until))}
+    days, edges = _split_window(since, until)
+    if days is None:  # a window inside one day: the exact per-case scan
+        rows = {r.g: r._asdict() for r in session.execute(_window(q, since, until))}
+    else:
+        # Whole days from the rollup ("now"-dependent counts over the whole window), the cases
+        # received in the partial days at the edges from the per-case scan.
+        rows = _kpi_rollup(session, p, by, now, *days, late_window=(since, until))
+        for lo, hi in edges:
+            for r in session.execute(_window(q, lo, hi)):
+                row = rows.setdefault(r.g, {"g": r.g})
+                for k, v in r._asdict().items():
+                    if k not in ("g", "unsigned_late", "open_late"):
+                        row[k] = int(row.get(k) or 0) + int(v or 0)
 
-    # Returns and dispatches from the clocks: every dispatch starts a ``sign`` clock for the
-    # body it went to; a return stops that body's running clock with stop_action 'return'.
-    cg = WfClock.body_code if by == "body" else g
-    rq = (
-        select(cg.label("g"),
-               _n(WfClock.node == Node.SIGN.value).label("dispatches"),
-               _n(WfClock.stop_action == Action.RETURN.value).label("returns"))
-        .join(Lead, Lead.id == WfClock.lead_id)
-        .where(WfClock.node.in_([Node.SIGN.value, Node.ON_SITE.value]),
-               Lead.status != State.MERGED.value, lead_scope_clause(p))
-        .group_by(cg)
-    )
-    for rr in session.execute(_window(rq, since, until)):
-        row = rows.setdefault(rr.g, {"g": rr.g, "cases": 0})
-        row["dispatches"], row["returns"] = int(rr.dispatches or 0), int(rr.returns or 0)
+    if by == "body":
+        # Returns and dispatches of cases that changed body, from their clocks: every dispatch
+        # starts a ``sign`` clock for the body it went to; a return stops that body's running
+        # clock with stop_action 'return'.
+        rq = (
+            select(WfClock.body_code.label("g"),
+                   _n(WfClock.node == Node.SIGN.value).label("dispatches"),
+                   _n(WfClock.stop_action == Action.RETURN.value).label("returns"))
+            .join(WfCase, WfCase.lead_id == WfClock.lead_id)
+            .where(WfCase.body_changes > 0,
+                   WfClock.node.in_([Node.SIGN.value, Node.ON_SITE.value]),
+                   WfCase.lead_status != State.MERGED.value, _case_scope(p))
+            .group_by(WfClock.body_code)
+        )
+        for rr in session.execute(_window(rq, since, until)):
+            row = rows.setdefault(rr.g, {"g": rr.g, "cases": 0})
+            row["dispatches"] = int(row.get("dispatches") or 0) + int(rr.dispatches or 0)
+            row["returns"] = int(row.get("returns") or 0) + int(rr.returns or 0)
 
     out: list[dict[str, Any]] = []
     for key, grp in rows.items():
@@ -1158,9 +1370,12 @@ def kpis(
             "return": _ratio(v.get("returns", 0), v.get("dispatches", 0)),
             "extension": _ratio(v.get("extended", 0), v.get("dispatched", 0)),
             "satisfaction": _ratio(v.get("satisfied", 0), v.get("answered", 0)),
+            "repeat": _ratio(v.get("repeated", 0), v.get("closed", 0)),
         })
+    # Ties rank in group order (the same whichever way the counts were read).
+    out.sort(key=lambda x: (x["group"] is None, str(x["group"])))
     for k in ("signed_in_time", "closed_on_time", "closure", "rework", "return", "extension",
-              "satisfaction"):
+              "satisfaction", "repeat"):
         def order(x: dict[str, Any], k: str = k) -> float:
             return float(x[k]) if k in LOWER_IS_BETTER else -float(x[k])
 
@@ -1170,33 +1385,84 @@ def kpis(
         for i, x in enumerate(ranked, start=1):
             x["rank"][k] = i
     out.sort(key=lambda x: (x["group"] is None, str(x["group"])))
-    return {"by": by, "as_of": now, "groups": out,
-            "names": {k: v for k, v in KPI_NAMES.items() if k != "repeat"}}
+    return {"by": by, "as_of": now, "groups": out, "names": dict(KPI_NAMES)}
 
 
 def node_hours(
     session: Session, p: Principal, *, by: str = "body", since: datetime | None = None,
     until: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Mean and count of finished node durations (hours) per group and node, in SQL."""
-    g = WfClock.body_code if by == "body" else _group_col(by)
-    secs = _seconds(session, WfClock.stopped_at, WfClock.started_at)
+    """Mean and count of finished node durations (hours) per group and node, in SQL.
+
+    By body, a clock counts for the body it ran with. The per-case sums on ``wf_cases`` cover
+    clocks with a body; cases that moved between bodies (by body) and clocks without a body
+    (intake before dispatch) are read from the clocks.
+    """
+    g = _group_col(by)
+    _analytic(session)
+    own = WfCase.body_changes == 0 if by == "body" else literal(True)
     q = (
-        select(g.label("g"), WfClock.node, func.count().label("n"),
-               func.avg(cast(secs, Float)).label("mean_s"))
-        .join(Lead, Lead.id == WfClock.lead_id)
-        .where(WfClock.stopped_at.is_not(None), lead_scope_clause(p))
-        .group_by(g, WfClock.node)
+        select(g.label("g"), *[
+            func.sum(case((own, getattr(WfCase, f"{pre}_{n.value}")), else_=0)).label(f"{pre}_{n.value}")
+            for n in NODE_STATS for pre in ("n", "s")])
+        .where(_case_scope(p)).group_by(g)
     )
-    return [{"group": r.g, "node": r.node, "n": int(r.n),
-             "mean_hours": round(float(r.mean_s) / 3600.0, 2) if r.mean_s is not None else None}
-            for r in session.execute(_window(q, since, until))]
+    days, edges = _split_window(since, until)
+    results: list[Any] = []
+    if days is None:
+        results.append(session.execute(_window(q, since, until)))
+    else:
+        # The daily rollup holds the sums of all cases, and apart those of cases that moved;
+        # the partial days at the edges come from the per-case scan.
+        rg = _rollup_group(by)
+        rq = _rollup_window(select(rg.label("g"), *[
+            (func.sum(getattr(WfKpiDaily, f"{pre}_{n.value}"))
+             - (func.sum(getattr(WfKpiDaily, f"m{pre}_{n.value}")) if by == "body" else 0))
+            .label(f"{pre}_{n.value}") for n in NODE_STATS for pre in ("n", "s")])
+            .where(scope_clause(p, WfKpiDaily)).group_by(rg), *days)
+        results.append(session.execute(rq))
+        results += [session.execute(_window(q, lo, hi)) for lo, hi in edges]
+    acc: dict[tuple[Any, str], list[float]] = {}
+    for r in (row for res in results for row in res):
+        for n in NODE_STATS:
+            cnt = int(getattr(r, f"n_{n.value}") or 0)
+            if cnt:
+                a = acc.setdefault((r.g or None, n.value), [0, 0.0])
+                a[0] += cnt
+                a[1] += float(getattr(r, f"s_{n.value}") or 0.0)
+    secs = cast(_seconds(session, WfClock.stopped_at, WfClock.started_at), Float)
+    cg = WfClock.body_code if by == "body" else g
+    # Clocks without a body (partial index), and by body every clock of the cases that moved.
+    parts = [and_(WfClock.body_code.is_(None), own)]
+    if by == "body":
+        parts.append(WfCase.body_changes > 0)
+    for extra in parts:
+        rq = (
+            select(cg.label("g"), WfClock.node, func.count().label("n"), func.sum(secs).label("s"))
+            .join(WfCase, WfCase.lead_id == WfClock.lead_id)
+            .where(WfClock.stopped_at.is_not(None), extra, _case_scope(p))
+            .group_by(cg, WfClock.node)
+        )
+        for r in session.execute(_window(rq, since, until)):
+            a = acc.setdefault((r.g, r.node), [0, 0.0])
+            a[0] += int(r.n)
+            a[1] += float(r.s or 0.0)
+    return [{"group": key[0], "node": key[1], "n": int(a[0]),
+             "mean_hours": round(a[1] / a[0] / 3600.0, 2) if a[0] else None}
+            for key, a in acc.items()]
 
 
 # ---------------------------------------------------------------------------------- oversight
 
 OVERSIGHT_KINDS = ("overdue", "returned", "closed_too_fast", "rebounds", "dissatisfied",
-                   "extensions")
+                   "extensions", "feedback_owed")
+
+
+def _qualified(predicate: str) -> str:
+    """Prefix the column names of an oversight predicate with ``wf_cases.``."""
+    import re
+
+    return re.sub(r"\b([a-z_]+)\b(?= (?:>=|>|=) )", r"wf_cases.\1", predicate)
 
 
 def oversight(
@@ -1215,8 +1481,10 @@ def oversight(
     kind
         ``overdue`` (a running clock past due), ``returned`` (returned twice or more, or moved
         between bodies twice or more), ``closed_too_fast`` (closed within
-        ``policy.too_fast_hours`` of the first dispatch), ``rebounds`` (reopened or flagged as a
-        rebound), ``dissatisfied`` (return visit answer), ``extensions`` (approved extensions).
+        ``policy.too_fast_hours`` of the first dispatch), ``rebounds`` (closures reopened, or
+        rebounded by a later complaint flagged at intake), ``dissatisfied`` (return visit
+        answer), ``extensions`` (approved extensions), ``feedback_owed`` (merged leads whose
+        parent closed and whose complainant has had no feedback yet).
     now
         As-of time.
     limit
@@ -1228,41 +1496,43 @@ def oversight(
         ``total``, ``by_body``, ``by_county`` and ``items``.
     """
     if kind == "overdue":
-        cond: Any = Lead.id.in_(select(WfClock.lead_id).where(
+        cond: Any = WfCase.lead_id.in_(select(WfClock.lead_id).where(
             WfClock.stopped_at.is_(None), WfClock.due_at < now))
-        cond = and_(cond, Lead.status.in_([s.value for s in OPEN_STATES]))
-    elif kind == "returned":
-        cond = or_(WfCase.return_count >= 2, WfCase.body_changes >= 2)
+        cond = and_(cond, WfCase.lead_status.in_([s.value for s in OPEN_STATES]))
+    elif kind in OVERSIGHT_PREDICATES:
+        # The very text of the partial index predicate, so the planner uses the index.
+        cond = text(f"({_qualified(OVERSIGHT_PREDICATES[kind])})")
     elif kind == "closed_too_fast":
-        cond = and_(Lead.status == State.CLOSED.value, WfCase.first_dispatched_at.is_not(None),
-                    _seconds(session, Lead.closed_at, WfCase.first_dispatched_at)
+        cond = and_(WfCase.lead_status == State.CLOSED.value, WfCase.first_dispatched_at.is_not(None),
+                    _seconds(session, WfCase.lead_closed_at, WfCase.first_dispatched_at)
                     < literal(policy.too_fast_hours * 3600.0))
-    elif kind == "rebounds":
-        cond = or_(WfCase.reopen_count > 0, WfCase.rebound_of_id.is_not(None))
-    elif kind == "dissatisfied":
-        cond = WfCase.satisfaction == Satisfaction.DISSATISFIED.value
-    elif kind == "extensions":
-        cond = WfCase.extensions_used > 0
+    elif kind == "feedback_owed":
+        # Merged children whose parent closed (their feedback clock runs) and who had no feedback.
+        # Correlated: the few owing cases (partial index) probe their own clocks.
+        cond = and_(WfCase.feedback_owed, select(WfClock.id).where(
+            WfClock.lead_id == WfCase.lead_id, WfClock.node == Node.FEEDBACK.value,
+            WfClock.stopped_at.is_(None)).exists())
     else:
         raise Invalid("kind", kind, f"one of {list(OVERSIGHT_KINDS)}")
-    joined = LEADS_T.join(CASES_T, CASES_T.c.lead_id == Lead.id)
+    _analytic(session)
+    where = and_(cond, _case_scope(p))
     agg = session.execute(
-        select(Lead.body_code, Lead.county_code, func.count().label("n"))
-        .select_from(joined).where(cond, lead_scope_clause(p))
-        .group_by(Lead.body_code, Lead.county_code)
+        select(WfCase.body_code, WfCase.county_code, func.count().label("n"))
+        .where(where).group_by(WfCase.body_code, WfCase.county_code)
     ).all()
     by_body: dict[str, int] = {}
     by_county: dict[str, int] = {}
     for r in agg:
         by_body[str(r.body_code)] = by_body.get(str(r.body_code), 0) + int(r.n)
         by_county[str(r.county_code)] = by_county.get(str(r.county_code), 0) + int(r.n)
+    first = select(WfCase.lead_id).where(where).order_by(WfCase.lead_id).limit(limit).subquery()
     items = session.execute(
         select(Lead.id, Lead.code, Lead.status, Lead.body_code, Lead.county_code,
                Lead.township_code, Lead.due_at, Lead.closed_at, WfCase.return_count,
                WfCase.body_changes, WfCase.first_dispatched_at, WfCase.reopen_count,
-               WfCase.satisfaction, WfCase.extensions_used)
-        .select_from(joined).where(cond, lead_scope_clause(p))
-        .order_by(Lead.id).limit(limit)
+               WfCase.satisfaction, WfCase.extensions_used, WfCase.rebound_count)
+        .join(first, first.c.lead_id == Lead.id).join(WfCase, WfCase.lead_id == Lead.id)
+        .order_by(Lead.id)
     ).all()
     return {
         "kind": kind, "as_of": now, "total": sum(by_body.values()),

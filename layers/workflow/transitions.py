@@ -56,7 +56,8 @@ DEFAULT_TABLE_PATH = Path(__file__).resolve().parents[2] / "data" / "transitions
 UNCHANGED = "="
 
 #: Optional payload fields accepted by every action, and per action.
-OPTIONAL_FIELDS: frozenset[str] = frozenset({"note"})
+#: ``public_note`` is text approved for publication (Open311 ``status_notes``, public disclosure).
+OPTIONAL_FIELDS: frozenset[str] = frozenset({"note", "public_note"})
 ACTION_OPTIONAL_FIELDS: dict[str, frozenset[str]] = {
     Action.EXTENSION_REQUEST: frozenset({"node"}),
     Action.EXTENSION_APPROVE: frozenset({"days"}),
@@ -475,6 +476,7 @@ def _identifier(name: str, value: Any, action: Action) -> str:
 _VALIDATORS: dict[str, Any] = {
     "reason": _reason,
     "note": _text,
+    "public_note": _text,
     "body": _identifier,
     "assignee_id": _identifier,
     "evidence_note": _text,

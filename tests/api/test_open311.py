@@ -125,3 +125,23 @@ def test_post_validation(api: Api) -> None:
     assert code == 422
     code, text = _post(api, fmt="xml")
     assert code == 201 and ET.fromstring(text).find("request/service_request_id") is not None
+
+
+def test_status_notes_show_only_text_approved_for_publication(api: Api) -> None:
+    code, body = _post(api)
+    assert code == 201, body
+    rid = body[0]["service_request_id"]
+    h = api.as_("leader")
+    r = api.client.post(f"/leads/{rid}/actions/sign", headers=api.as_("field_a"), json={"payload": {"public_note": ""}})
+    assert r.status_code == 422 and r.json()["field"] == "public_note"
+    # An internal note alone publishes nothing.
+    r = api.client.post(f"/leads/{rid}/actions/sign", headers=api.as_("field_a"),
+                        json={"payload": {"note": "内部：联系人电话13800000000"}})
+    assert r.status_code == 200, r.text
+    assert api.client.get(f"{BASE}/requests/{rid}.json", headers=h).json()[0]["status_notes"] is None
+    # A step with a public note shows it, and never the internal note beside it.
+    r = api.client.post(f"/leads/{rid}/actions/start", headers=api.as_("field_a"),
+                        json={"payload": {"note": "内部备注", "public_note": "已到现场核查"}})
+    assert r.status_code == 200, r.text
+    g = api.client.get(f"{BASE}/requests/{rid}.json", headers=h).json()[0]
+    assert g["status_notes"] == "已到现场核查"

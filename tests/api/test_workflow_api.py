@@ -77,3 +77,27 @@ def test_kpi_oversight_calendar_and_escalation_endpoints(api: Api) -> None:
     assert r.status_code == 422 and "2027-13-01" in r.json()["detail"]
     days = c.get("/calendar/2027", headers=api.as_("leader")).json()
     assert days[0] == {"date": "2027-01-01", "kind": "holiday", "name": "元旦", "source": "2027.csv"}
+
+
+def test_duplicates_queue_links_and_dismissal(api: Api) -> None:
+    c = api.client
+    first = intake(api.db, "dup1")
+    second = intake(api.db, "dup2", lat=34.0205)  # ~55 m away, same category, same time
+    r = c.get("/queue?kind=duplicates", headers=api.as_("dispatcher"))
+    assert r.status_code == 200, r.text
+    assert [(i["code"], i["duplicate_of"]) for i in r.json()["items"]] == [(second, first)]
+    assert c.get("/queue", headers=api.as_("field_a")).status_code == 403
+    assert c.get("/queue?kind=gossip", headers=api.as_("dispatcher")).status_code == 422
+    links = c.get(f"/leads/{second}/links", headers=api.as_("inspector")).json()
+    assert links["duplicate_of"] == first and 50 < links["duplicate_m"] < 60
+    assert c.get(f"/leads/{second}/trail", headers=api.as_("inspector")).json()["case"][
+        "duplicate_of"] == first
+    assert c.post(f"/leads/{second}/duplicate/dismiss", headers=api.as_("field_a")).status_code == 403
+    r = c.post(f"/leads/{second}/duplicate/dismiss", headers=api.as_("dispatcher"),
+               json={"reason": "different shops"})
+    assert r.status_code == 200 and r.json() == {"lead": second, "dismissed": first}
+    r = c.post(f"/leads/{second}/duplicate/dismiss", headers=api.as_("dispatcher"))
+    assert r.status_code == 409
+    assert c.get("/queue", headers=api.as_("dispatcher")).json()["duplicates"]["total"] == 0
+    r = c.get("/oversight/feedback_owed", headers=api.as_("inspector"))
+    assert r.status_code == 200 and r.json()["total"] == 0

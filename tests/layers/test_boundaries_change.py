@@ -156,3 +156,33 @@ def test_activation_is_blocked_by_validation_errors(seeded: Db, tmp_path: Path) 
         jurisdictions.activate_layer(s, "overlapping", actor="gis", now=T1)
     with seeded.uow() as s:
         assert jurisdictions.active_version(s).layer == "tiny"  # type: ignore[union-attr]
+
+
+def test_lead_taken_in_while_a_switch_starts_is_redispatched_not_lost(seeded: Db, tmp_path: Path) -> None:
+    """An intake in flight holds the active version; activation waits for it, then moves the lead."""
+    import threading
+
+    stage_split(seeded, tmp_path)
+    intake = seeded.sessions()
+    try:
+        out = leads.submit(intake, [leads.LeadIn("12345", "inflight", "catering_fumes", NOW, lon=117.07, lat=34.02)],
+                           actor="test", now=NOW)
+        assert out[0].assignment["township_code"] == "320001001"  # the old layer, not yet committed
+        report: dict[str, object] = {}
+
+        def switch() -> None:
+            with seeded.uow() as s:
+                report["rep"] = jurisdictions.activate_layer(s, "split", actor="gis", now=T1)
+
+        t = threading.Thread(target=switch)
+        t.start()
+        t.join(1.5)
+        assert t.is_alive(), "activation must wait for the intake in flight"
+        intake.commit()
+    finally:
+        intake.close()
+    t.join(60)
+    assert not t.is_alive()
+    rep = report["rep"]
+    assert out[0].lead_id in rep.moved_lead_ids  # type: ignore[attr-defined]
+    assert township(seeded, out[0].lead_id) == "320001003"

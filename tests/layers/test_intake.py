@@ -114,6 +114,8 @@ def test_address_and_point_disagreeing_is_a_conflict(seeded: Db) -> None:
         ({"external_id": "x", "category": "odour", "lon": 117, "lat": "nan", "reported_at": "2026-01-01"}, "lat"),
         ({"external_id": "x", "category": "odour", "lon": 117, "reported_at": "2026-01-01"}, "lat"),
         ({"external_id": "x", "category": "odour", "lon": 117, "lat": 34, "reported_at": "yesterday"}, "reported_at"),
+        ({"external_id": "x", "category": "odour", "lon": 117, "lat": 34, "reported_at": "NaT"}, "reported_at"),
+        ({"external_id": "x", "category": "odour", "lon": 117, "lat": 34, "reported_at": "2026-02-30"}, "reported_at"),
         ({"external_id": "x", "category": "odour", "lon": 117, "lat": 34, "reported_at": "2026-01-01",
           "datum": "mars"}, "datum"),
         ({"external_id": "x", "category": "odour", "reported_at": "2026-01-01"}, "lon/lat"),
@@ -165,3 +167,19 @@ def test_import_rejects_unknown_mapping(seeded: Db, tmp_path: Path) -> None:
                                 actor="t", now=NOW, submit=leads.submit)
     with pytest.raises(Invalid, match="a target among"):
         lead_import.parse_mapping("longitude=x")
+
+
+def test_list_counts_exactly_up_to_the_cap_then_says_at_least(seeded: Db) -> None:
+    from layers.users import Principal
+
+    _submit(seeded, [_lead(f"c{i}", lon, 34.02) for i, lon in enumerate((117.01, 117.04, 117.07, 117.13, 117.16))])
+    leader = Principal("boss", frozenset({"leader"}))
+    county = Principal("f", frozenset({"field"}), frozenset({"320001"}))
+    with seeded.uow() as s:
+        assert leads.list_leads(s, leader, leads.LeadFilter(), page_size=2, count_cap=None)[:2] == (5, True)
+        assert leads.list_leads(s, leader, leads.LeadFilter(), page_size=2, count_cap=5)[:2] == (5, True)
+        total, exact, rows = leads.list_leads(s, leader, leads.LeadFilter(), page_size=2, count_cap=3)
+        assert (total, exact, len(rows)) == (3, False, 2)
+        # The cap applies after scope: the county user sees only its own leads, counted exactly.
+        in_county = leads.list_leads(s, county, leads.LeadFilter(), count_cap=3)
+        assert in_county[:2] == (3, True) and {r.county_code for r in in_county[2]} == {"320001"}

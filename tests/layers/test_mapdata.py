@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from geo.hotspots import township_hotspots
 from layers import audit, mapdata
 from layers.leads import OPEN_STATES, LeadFilter
 from layers.models import Lead, MonitoringPoint
@@ -113,3 +114,29 @@ def test_lean_map_frames_agree_with_the_lead_frame(seeded: Db) -> None:
             mapdata.lead_points(s, SYSTEM, LeadFilter(), text_fields=("complainant_phone",))
         with pytest.raises(mapdata.Invalid, match="lang"):
             mapdata.lead_points(s, SYSTEM, LeadFilter(), lang="fr")
+
+
+def test_hotspot_township_counts_by_code_equal_point_in_polygon(seeded: Db) -> None:
+    """The hotspot map's township counts (assigned codes, one scan) are the points' own polygons."""
+    stored = seed_leads(seeded, 80, seed=11)
+    lost = next(iter(stored.leads))
+    with seeded.uow() as s:
+        # A lead without a location keeps its township code: counted by area_frame, not by the hotspots.
+        s.execute(update(Lead).where(Lead.code == lost).values(geom=None))
+    field = Principal("a", frozenset({"field"}), frozenset({"320001"}))
+    cases = [(SYSTEM, LeadFilter()), (SYSTEM, LeadFilter(category=["catering_fumes", "industrial_gas"])),
+             (field, LeadFilter(status=["received", "closed"]))]
+    with seeded.uow() as s:
+        plain = mapdata.area_frame(s, SYSTEM, LeadFilter(), level="township")
+        for p, f in cases:
+            leads, towns = mapdata.hotspot_frames(s, p, f)
+            where = mapdata.lead_locations(s, p, f)
+            shapes = mapdata.area_frame(s, p, f, level="township")
+            assert leads.equals(where) and len(leads) > 0
+            assert list(towns["code"]) == list(shapes["code"]) and len(towns) > 1
+            assert towns.geometry.geom_equals(shapes.geometry).all()
+            pip = township_hotspots(leads["lon"], leads["lat"], towns, crs=4527).features["count"]
+            assert list(towns["count"]) == [int(c) for c in pip]
+            assert int(towns["count"].sum()) == len(leads)
+        everyone, _ = mapdata.hotspot_frames(s, SYSTEM, LeadFilter())
+    assert int(plain["count"].sum()) == len(stored.leads) == len(everyone) + 1

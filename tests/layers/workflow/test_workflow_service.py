@@ -129,6 +129,8 @@ PATHS["feedback"] = [*PATHS["verified"], (DISPATCHER, "feedback", {"feedback_not
 PATHS["return_visit"] = [*PATHS["feedback"],
                          (DISPATCHER, "return_visit", {"satisfaction": "satisfied"})]
 PATHS["closed"] = [*PATHS["return_visit"], (DISPATCHER, "close", {})]
+# Merged into a parent that then closed (built in the test: the parent is a second lead).
+PATHS["merged"] = []
 
 CASES = []
 for rule in default_table().rules:
@@ -148,6 +150,12 @@ def test_every_transition_by_role(seeded: Db, action: str, start: str, role: str
     for who, a, payload in PATHS[start]:
         t += timedelta(minutes=5)
         act(seeded, who, code, a, payload, at=t)
+    if start == "merged":
+        parent = intake(seeded, f"rp-{action}-{line}-{role}")
+        act(seeded, DISPATCHER, code, "merge", {"parent_id": parent}, at=t)
+        for who, a, payload in PATHS["closed"]:
+            t += timedelta(minutes=5)
+            act(seeded, who, parent, a, payload, at=t)
     payload = dict(PAYLOADS.get(action, {}))
     if action == "close" and start == "feedback":
         payload = {"reason": "complainant unreachable"}

@@ -1,0 +1,181 @@
+"""Group commit for one-lead-at-a-time intake (``POST /leads`` under load).
+
+Every intake writes a lead, a dispatch record, a workflow case with its node clocks and an audit
+event, and appends to the audit chain (one head row every writer serialises on). Done one request
+per transaction, the fixed cost of those statements and of the commit dominates, and the
+transactions queue on the audit head. :class:`IntakeBatcher` lets concurrent requests share one
+unit of work instead: the first request to arrive becomes the *leader*, takes every request queued
+so far (itself included), runs one set-based :func:`layers.leads.intake` for all of them and
+commits once; requests that arrive meanwhile wait and are taken by the next leader. Under no
+load a batch is one request and nothing waits; under load the batch grows by itself, so the cost
+per lead falls exactly when it matters. There is no timer and no background thread.
+
+Each request still gets its own answer: validation errors are per request (a bad lead never
+fails its neighbours), and if a batch's transaction fails as a whole (for example a concurrent
+insert of the same channel + external id from another process), every request of the batch is
+retried alone, so only the request at fault sees the error.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from layers.db import unit_of_work
+from layers.leads import LeadIn, Outcome, validate_lead
+from layers.routing import Router
+
+Submit = Callable[[Session, Sequence[LeadIn], str, datetime], list[Outcome]]
+
+
+@dataclass(eq=False)
+class _Job:
+    raw: Mapping[str, Any]
+    actor: str
+    done: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False  # woken to lead the next batch, not because the job is done
+    outcome: Outcome | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class BatchStats:
+    """Counters for monitoring and tests."""
+
+    batches: int = 0
+    leads: int = 0
+    largest: int = 0
+    retried_alone: int = 0
+
+
+class IntakeBatcher:
+    """Concurrent single-lead intakes share one transaction (group commit).
+
+    Parameters
+    ----------
+    sessions
+        Session factory of the service's database.
+    submit
+        ``submit(session, items, actor, now) -> outcomes``: the intake to run (normally
+        :func:`layers.leads.submit` with the service's tolerances).
+    max_batch
+        Most leads per transaction; the rest wait for the next leader.
+    tz
+        Time zone for date-times given without an offset (passed to validation).
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], submit: Submit, *, max_batch: int = 200,
+                 tz: str = "Asia/Shanghai") -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self._sessions = sessions
+        self._submit = submit
+        self._max_batch = max_batch
+        self._tz = tz
+        self._lock = threading.Lock()
+        self._queue: list[_Job] = []
+        self._leading = False
+        self.stats = BatchStats()
+
+    def intake(self, raw: Mapping[str, Any], *, actor: str) -> Outcome:
+        """Validate and store one lead, batched with whatever else is being taken in right now.
+
+        Parameters
+        ----------
+        raw
+            The lead's fields as for :func:`layers.leads.validate_lead`.
+        actor
+            Who submits (recorded on the lead's audit event).
+
+        Returns
+        -------
+        Outcome
+            As :func:`layers.leads.intake` returns for this lead.
+
+        Raises
+        ------
+        layers.errors.Invalid
+            The lead itself is invalid (named field, value, what is allowed).
+        layers.errors.Conflict
+            Its transaction failed even when retried alone.
+        """
+        job = _Job(raw, actor)
+        with self._lock:
+            self._queue.append(job)
+            if not self._leading:
+                self._leading = True
+                job.lead = True
+        while not job.lead:
+            job.done.wait()
+            job.done.clear()
+            if job.outcome is not None or job.error is not None:
+                return self._result(job)
+        self._lead()
+        return self._result(job)
+
+    @staticmethod
+    def _result(job: _Job) -> Outcome:
+        if job.error is not None:
+            raise job.error
+        assert job.outcome is not None
+        return job.outcome
+
+    def _lead(self) -> None:
+        with self._lock:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+        try:
+            self._run(batch)
+        finally:
+            with self._lock:
+                if self._queue:
+                    nxt = self._queue[0]
+                    nxt.lead = True
+                    nxt.done.set()  # it wakes as the next leader
+                else:
+                    self._leading = False
+            for job in batch:
+                if job.outcome is None and job.error is None:
+                    job.error = RuntimeError("intake batch ended without an answer for this lead")
+                job.done.set()
+
+    def _run(self, batch: list[_Job]) -> None:
+        now = datetime.now(UTC)
+        try:
+            self._store(batch, now)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].outcome = None
+                batch[0].error = exc  # the request at fault gets its own error
+                return
+            self.stats.retried_alone += len(batch)
+            for job in batch:
+                job.outcome = job.error = None
+                try:
+                    self._store([job], datetime.now(UTC))
+                except Exception as exc:
+                    job.error = exc
+
+    def _store(self, batch: list[_Job], now: datetime) -> None:
+        with unit_of_work(self._sessions) as session:
+            categories = set(Router.current(session).categories)
+            by_actor: dict[str, list[tuple[_Job, LeadIn]]] = {}
+            for job in batch:
+                try:
+                    item = validate_lead(job.raw, categories=categories, now=now, tz=self._tz)
+                except Exception as exc:  # invalid input is this request's own answer
+                    job.error = exc
+                    continue
+                by_actor.setdefault(job.actor, []).append((job, item))
+            for actor, pairs in by_actor.items():
+                outs = self._submit(session, [it for _, it in pairs], actor, now)
+                for (job, _), out in zip(pairs, outs, strict=True):
+                    job.outcome = out
+        self.stats.batches += 1
+        self.stats.leads += len(batch)
+        self.stats.largest = max(self.stats.largest, len(batch))

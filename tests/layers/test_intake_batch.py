@@ -1,0 +1,114 @@
+"""Group commit of concurrent single-lead intakes (layers.intake_batch), on both backends."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from layers import audit, leads
+from layers.errors import Conflict, Invalid
+from layers.intake_batch import IntakeBatcher
+from layers.models import Dispatch, Lead
+from tests.conftest import NOW, Db
+
+
+def _raw(ext: str, **kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"channel": "wechat", "external_id": ext, "category": "catering_fumes",
+                            "reported_at": NOW.isoformat(), "lon": 117.05, "lat": 34.02}
+    base.update(kw)
+    return base
+
+
+class _Gate:
+    """Holds the first batch until every other request has queued, so the second batch is large."""
+
+    def __init__(self, waiting: int, batcher_ref: list[IntakeBatcher]) -> None:
+        self.waiting = waiting
+        self.batcher_ref = batcher_ref
+        self.first = True
+        self.seen: list[int] = []
+
+    def __call__(self, session: Any, items: Sequence[leads.LeadIn], actor: str, now: datetime) -> list[leads.Outcome]:
+        if self.first:
+            self.first = False
+            b = self.batcher_ref[0]
+            for _ in range(500):  # the queue fills while this batch is "slow"
+                with b._lock:
+                    if len(b._queue) >= self.waiting:
+                        break
+                threading.Event().wait(0.01)
+        self.seen.append(len(items))
+        if any(it.external_id == "boom" for it in items):
+            raise Conflict("simulated failure of the whole transaction")
+        return leads.submit(session, items, actor=actor, now=NOW)
+
+
+def _run_threads(batcher: IntakeBatcher, raws: list[dict[str, Any]]) -> list[Any]:
+    results: list[Any] = [None] * len(raws)
+
+    def go(i: int) -> None:
+        try:
+            results[i] = batcher.intake(raws[i], actor=f"user{i % 2}")
+        except Exception as exc:  # the test inspects it
+            results[i] = exc
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(raws))]
+    threads[0].start()
+    threading.Event().wait(0.05)  # the first becomes the leader and holds its batch at the gate
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def test_concurrent_intakes_share_a_transaction_and_each_gets_its_answer(seeded: Db) -> None:
+    ref: list[IntakeBatcher] = []
+    gate = _Gate(waiting=15, batcher_ref=ref)
+    batcher = IntakeBatcher(seeded.sessions, gate)
+    ref.append(batcher)
+    raws = [_raw(f"g{i}", lon=117.01 + i * 0.005) for i in range(16)]
+    raws.append(_raw("g3"))  # the same lead twice: stored once, both callers get its code
+    raws.append(_raw("bad", category="no_such_category"))
+    raws.append(_raw("late", reported_at="2099-01-01T00:00:00+08:00"))
+    results = _run_threads(batcher, raws)
+
+    assert batcher.stats.largest >= 10, gate.seen  # the queued requests went in together
+    assert isinstance(results[-2], Invalid) and results[-2].field == "category"
+    assert isinstance(results[-1], Invalid) and results[-1].field == "reported_at"
+    outs = results[:17]
+    assert all(isinstance(o, leads.Outcome) for o in outs), outs
+    assert outs[16].code == outs[3].code and outs[16].lead_id == outs[3].lead_id
+    assert sum(o.created for o in outs) == 16
+    with seeded.uow() as s:
+        assert s.scalar(select(func.count(Lead.id))) == 16
+        assert s.scalar(select(func.count(Dispatch.id))) == 16
+        actors = dict(s.execute(select(Lead.external_id, Lead.township_code)).all())
+        assert actors["g0"] == outs[0].assignment["township_code"]
+        assert audit.verify(s).ok
+
+
+def test_a_failing_batch_is_retried_one_by_one_so_only_the_culprit_fails(seeded: Db) -> None:
+    ref: list[IntakeBatcher] = []
+    gate = _Gate(waiting=6, batcher_ref=ref)
+    batcher = IntakeBatcher(seeded.sessions, gate)
+    ref.append(batcher)
+    raws = [_raw("first")] + [_raw(f"ok{i}") for i in range(5)] + [_raw("boom")]
+    results = _run_threads(batcher, raws)
+
+    assert isinstance(results[-1], Conflict)
+    assert all(isinstance(o, leads.Outcome) and o.created for o in results[:-1]), results
+    assert batcher.stats.retried_alone >= 2
+    with seeded.uow() as s:
+        stored = set(s.scalars(select(Lead.external_id)))
+    assert stored == {"first"} | {f"ok{i}" for i in range(5)}
+
+
+def test_max_batch_must_be_positive(seeded: Db) -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        IntakeBatcher(seeded.sessions, lambda *a: [], max_batch=0)
