@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from geo.crs import CoordinateError, DatumError
 from layers.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Unauthorized
+
+log = logging.getLogger("leadgrid")
 
 STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404),
@@ -53,8 +57,16 @@ def install(app: FastAPI) -> None:
         # (BD-09 near ±180°), past the edge's own range checks.
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    async def saturated(_: Request, exc: Exception) -> JSONResponse:
+        # Every database connection of this worker stayed busy for the pool's whole timeout:
+        # the service is over capacity, which a client should retry, not a server bug.
+        log.warning("database connection pool exhausted: %s", exc)
+        return JSONResponse({"detail": "the service is at capacity (all database connections busy); "
+                                       "retry in a few seconds"}, status_code=503, headers={"Retry-After": "5"})
+
     for cls, _code in STATUS:
         app.add_exception_handler(cls, domain)
+    app.add_exception_handler(PoolTimeout, saturated)
     app.add_exception_handler(CoordinateError, coordinates)
     app.add_exception_handler(DatumError, coordinates)
     app.add_exception_handler(RequestValidationError, validation)  # type: ignore[arg-type]

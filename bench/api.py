@@ -39,6 +39,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import geopandas as gpd
 import httpx
 import numpy as np
@@ -142,38 +143,19 @@ def _token(url: str, username: str) -> str:
 
 async def _client(base: str, tokens: dict[str, str], until: float, stats: dict[str, list[float]],
                   errors: dict[str, int], seed: int) -> None:
+    """One closed-loop client: 20 % intake, 60 % nearby, 20 % list, next call when answered."""
     rnd = random.Random(seed)
-    x0, y0, x1, y1 = BBOX
-    disp = {"Authorization": f"Bearer {tokens['dispatcher']}"}
-    field = {"Authorization": f"Bearer {tokens['field']}"}
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with aiohttp.ClientSession(base_url=base, timeout=aiohttp.ClientTimeout(total=30)) as client:
         n = 0
         while time.perf_counter() < until:
             n += 1
             r = rnd.random()
+            kind = "intake" if r < 0.2 else "nearby" if r < 0.8 else "list"
             t = time.perf_counter()
-            if r < 0.2:
-                kind = "intake"
-                resp = await client.post("/leads", headers=disp, json={
-                    "channel": "wechat", "external_id": f"c{seed}-{n}-{rnd.getrandbits(40)}",
-                    "category": rnd.choice(CATEGORIES), "reported_at": datetime.now(UTC).isoformat(),
-                    "lon": rnd.uniform(x0, x1), "lat": rnd.uniform(y0, y1), "description": "基准测试"})
-                ok = resp.status_code == 201
-            elif r < 0.8:
-                kind = "nearby"
-                resp = await client.get("/leads/nearby", headers=field, params={
-                    "lon": rnd.uniform(x0, (x0 + x1) / 2), "lat": rnd.uniform(y0, (y0 + y1) / 2),
-                    "radius_m": 1000, "limit": 50})
-                ok = resp.status_code == 200
-            else:
-                kind = "list"
-                resp = await client.get("/leads", headers=disp, params={"page_size": 50})
-                ok = resp.status_code == 200
+            ok = await _one(client, kind, tokens, rnd, seed * 10_000_000 + n)
             stats[kind].append(time.perf_counter() - t)
             if not ok:
                 errors[kind] += 1
-                if errors[kind] <= 3:
-                    print(f"error {kind}: {resp.status_code} {resp.text[:200]}")
 
 
 def _report(title: str, stats: dict[str, list[float]], errors: dict[str, int], wall: float) -> None:
@@ -186,30 +168,35 @@ def _report(title: str, stats: dict[str, list[float]], errors: dict[str, int], w
               f"{np.percentile(a, 99):>9.1f}{errors[kind]:>8}")
 
 
-async def _one(client: httpx.AsyncClient, kind: str, tokens: dict[str, str], rnd: random.Random, n: int) -> bool:
+async def _one(client: aiohttp.ClientSession, kind: str, tokens: dict[str, str], rnd: random.Random,
+               n: int) -> bool:
     x0, y0, x1, y1 = BBOX
+    disp = {"Authorization": f"Bearer {tokens['dispatcher']}"}
+    field = {"Authorization": f"Bearer {tokens['field']}"}
     if kind == "intake":
-        resp = await client.post("/leads", headers={"Authorization": f"Bearer {tokens['dispatcher']}"}, json={
+        req = client.post("/leads", headers=disp, json={
             "channel": "wechat", "external_id": f"r{n}-{rnd.getrandbits(48)}",
             "category": rnd.choice(CATEGORIES), "reported_at": datetime.now(UTC).isoformat(),
             "lon": rnd.uniform(x0, x1), "lat": rnd.uniform(y0, y1), "description": "基准测试"})
-        ok = resp.status_code == 201
+        want = 201
     elif kind == "nearby":
-        resp = await client.get("/leads/nearby", headers={"Authorization": f"Bearer {tokens['field']}"}, params={
+        req = client.get("/leads/nearby", headers=field, params={
             "lon": rnd.uniform(x0, (x0 + x1) / 2), "lat": rnd.uniform(y0, (y0 + y1) / 2),
             "radius_m": 1000, "limit": 50})
-        ok = resp.status_code == 200
+        want = 200
     elif kind == "lookup":
-        resp = await client.get("/jurisdictions/lookup", headers={"Authorization": f"Bearer {tokens['field']}"},
-                                params={"lon": rnd.uniform(x0, x1), "lat": rnd.uniform(y0, y1)})
-        ok = resp.status_code == 200
+        req = client.get("/jurisdictions/lookup", headers=field,
+                         params={"lon": rnd.uniform(x0, x1), "lat": rnd.uniform(y0, y1)})
+        want = 200
     else:
-        resp = await client.get("/leads", headers={"Authorization": f"Bearer {tokens['dispatcher']}"},
-                                params={"page_size": 50})
-        ok = resp.status_code == 200
-    if not ok:
-        print(f"error {kind}: {resp.status_code} {resp.text[:200]}")
-    return ok
+        req = client.get("/leads", headers=disp, params={"page_size": 50})
+        want = 200
+    async with req as resp:
+        body = await resp.read()
+        if resp.status != want:
+            print(f"error {kind}: {resp.status} {body[:200]!r}")
+            return False
+    return True
 
 
 async def _open_loop(base: str, tokens: dict[str, str], rates: dict[str, float], seconds: float,
@@ -217,8 +204,9 @@ async def _open_loop(base: str, tokens: dict[str, str], rates: dict[str, float],
     """Requests at fixed rates whatever the server does (no coordinated omission): each call's
     latency counts from the moment it was *due*, so a stalled server shows up in p99."""
     rnd = random.Random(7)
-    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+    conn = aiohttp.TCPConnector(limit=400)
+    async with aiohttp.ClientSession(base_url=base, connector=conn,
+                                     timeout=aiohttp.ClientTimeout(total=30)) as client:
         start = time.perf_counter()
         schedule = sorted((i / rate, kind) for kind, rate in rates.items() if rate > 0
                           for i in range(int(rate * seconds)))
@@ -227,7 +215,7 @@ async def _open_loop(base: str, tokens: dict[str, str], rates: dict[str, float],
         async def fire(due: float, kind: str, n: int) -> None:
             try:
                 ok = await _one(client, kind, tokens, rnd, n)
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 print(f"error {kind}: {exc!r}")
                 ok = False
             stats[kind].append(time.perf_counter() - (start + due))

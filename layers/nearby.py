@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from geo import crs as gcrs
 from layers.errors import Invalid
 from layers.models import SRID, Lead
-from layers.users import Principal, lead_scope_clause
+from layers.users import Principal, lead_scope_clause, scope_clause
 
 MAX_RADIUS_M = 50_000.0
 MAX_LIMIT = 500
@@ -127,10 +127,10 @@ def _validate(lon: Any, lat: Any, datum: str, radius_m: float | None, limit: int
     return float(x), float(y), order
 
 
-def _columns() -> Select[Any]:
-    return select(Lead.id, Lead.code, Lead.category_code, Lead.status, Lead.urgency, Lead.address,
-                  Lead.body_code, Lead.county_code, Lead.township_code,
-                  func.ST_X(Lead.geom).label("x"), func.ST_Y(Lead.geom).label("y"), Lead.due_at)
+def _columns(e: Any = Lead) -> Select[Any]:
+    return select(e.id, e.code, e.category_code, e.status, e.urgency, e.address,
+                  e.body_code, e.county_code, e.township_code,
+                  func.ST_X(e.geom).label("x"), func.ST_Y(e.geom).label("y"), e.due_at)
 
 
 def _conditions(p: Principal, status: Sequence[str]) -> list[ColumnElement[bool]]:
@@ -162,15 +162,25 @@ def within_stmt(backend: str, p: Principal, lon: float, lat: float, radius_m: fl
         enclosing box (the caller trims them to the circle).
     """
     minx, miny, maxx, maxy = search_box(lon, lat, radius_m)
-    conds = _conditions(p, status)
     if backend == "postgis":
+        # The circle first, materialised, then the scope on those few rows: given both at once,
+        # the planner also bitmap-scans the county index (a quarter of the table) to AND it with
+        # the GiST hits, which cost 10 ms at 1M leads for a 1 km circle.
         env = func.ST_MakeEnvelope(minx, miny, maxx, maxy, SRID)
-        conds.append(Lead.geom.op("&&")(env))
-        conds.append(func.ST_DWithin(func.geography(Lead.geom), func.geography(_point(lon, lat)), radius_m))
-    else:
-        hits = select(_RTREE.c.pkid).where(_RTREE.c.xmin >= minx, _RTREE.c.xmax <= maxx,
-                                           _RTREE.c.ymin >= miny, _RTREE.c.ymax <= maxy)
-        conds.append(Lead.id.in_(hits))
+        spatial = [Lead.geom.op("&&")(env),
+                   func.ST_DWithin(func.geography(Lead.geom), func.geography(_point(lon, lat)), radius_m)]
+        if status:
+            spatial.append(Lead.status.in_(list(status)))
+        near = (
+            select(Lead.id, Lead.code, Lead.category_code, Lead.status, Lead.urgency, Lead.address,
+                   Lead.city_code, Lead.county_code, Lead.township_code, Lead.body_code, Lead.geom, Lead.due_at)
+            .where(*spatial).cte("near").prefix_with("MATERIALIZED")
+        )
+        return _columns(near.c).where(scope_clause(p, near.c))
+    conds = _conditions(p, status)
+    hits = select(_RTREE.c.pkid).where(_RTREE.c.xmin >= minx, _RTREE.c.xmax <= maxx,
+                                       _RTREE.c.ymin >= miny, _RTREE.c.ymax <= maxy)
+    conds.append(Lead.id.in_(hits))
     return _columns().where(and_(*conds))
 
 

@@ -110,3 +110,17 @@ def test_out_of_range_ids_are_not_server_errors(api: Api) -> None:
     assert api.client.get("/leads/99999999999999999999", headers=h).status_code == 404
     assert api.client.delete("/routing-rules/2147483648", headers=h).status_code == 422
     assert api.client.get("/leads/%C2%B2", headers=h).status_code == 404  # "²" is a Unicode digit
+
+
+def test_exhausted_connection_pool_is_503_with_retry_after(api: Api) -> None:
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    app = api.client.app
+
+    @app.get("/_test/saturated")  # type: ignore[attr-defined, untyped-decorator]
+    def saturated() -> None:
+        raise PoolTimeout("QueuePool limit of size 10 overflow 10 reached, connection timed out, timeout 30.00")
+
+    r = api.client.get("/_test/saturated")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert "at capacity" in r.json()["detail"]
