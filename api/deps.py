@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import principal_for, username_from_token
-from layers.db import Session, unit_of_work
+from layers.db import Session, commit
 from layers.errors import Forbidden, Unauthorized
 from layers.settings import Settings
 from layers.users import Principal, get_user
@@ -21,10 +22,26 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One unit of work per request: committed when the route returns, else rolled back."""
-    with unit_of_work(request.app.state.sessions) as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One unit of work per request: committed when the route returns, else rolled back.
+
+    An async generator whose clean-up is shielded from cancellation: when a client disconnects
+    mid-request, a plain generator dependency could be abandoned with its transaction open,
+    its pooled connection stranded "idle in transaction"; under overload those leaks emptied the
+    pool and wedged the server for good. The blocking commit, rollback and close run in the
+    thread pool, like the route itself.
+    """
+    session = request.app.state.sessions()
+    try:
         yield session
+        await anyio.to_thread.run_sync(commit, session)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(session.rollback)
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(session.close)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -8,9 +8,9 @@ import math
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from geo.crs import CoordinateError, DatumError
+from layers.db import PoolTimeout
 from layers.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Unauthorized
 
 log = logging.getLogger("leadgrid")

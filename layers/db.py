@@ -22,6 +22,7 @@ import shapely  # noqa: F401
 from geoalchemy2.admin.dialects.sqlite import load_spatialite_driver
 from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as _SATimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -31,6 +32,10 @@ from layers.settings import Settings
 __all__ = ["Session", "make_engine", "session_factory", "unit_of_work"]
 
 SPATIALITE_LIBRARY = "mod_spatialite"
+
+
+PoolTimeout = _SATimeout
+"""Raised when no pooled connection frees up in time (the service is over capacity)."""
 
 
 class SpatialiteMissing(RuntimeError):
@@ -113,6 +118,23 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
     session = factory()
     try:
         yield session
+        commit(session)
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def commit(session: Session) -> None:
+    """Commit, turning a lost optimistic lock or a constraint violation into :class:`Conflict`.
+
+    Parameters
+    ----------
+    session
+        The unit of work to commit; rolled back when the commit fails.
+    """
+    try:
         session.commit()
     except StaleDataError as exc:
         session.rollback()
@@ -123,11 +145,6 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
             "the change conflicts with stored data (duplicate or missing reference): "
             + str(exc.orig).splitlines()[0]
         ) from exc
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 COPY_THRESHOLD = 64
