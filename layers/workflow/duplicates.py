@@ -29,7 +29,6 @@ own ``feedback`` action (allowed from ``merged``) discharges it.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from geo import crs as gcrs
 from layers import audit
 from layers.errors import Conflict, Invalid
 from layers.models import Lead
+from layers.nearby import search_box
 from layers.settings import Settings
 from layers.users import Principal, lead_scope_clause
 from layers.workflow.states import OPEN_STATES, State
@@ -64,8 +64,6 @@ _RTREE = table("idx_leads_geom", column("pkid"), column("xmin"), column("xmax"),
                column("ymax"))
 _OPEN = sorted(s.value for s in OPEN_STATES)
 CHUNK = 2000
-M_PER_DEG_LAT = 110_574.0  # the shortest degree of latitude (at the equator)
-M_PER_DEG_LON_EQ = 111_320.0
 
 
 @dataclass(frozen=True)
@@ -124,14 +122,6 @@ class IntakeFlags:
 
     duplicates: list[tuple[int, int, float]]
     rebounds: list[tuple[int, int, float]]
-
-
-def _box(lon: float, lat: float, radius_m: float) -> tuple[float, float, float, float]:
-    """A lon/lat box that surely holds the geodesic circle of ``radius_m`` (small radii)."""
-    dy = radius_m / M_PER_DEG_LAT * 1.01
-    edge = min(abs(lat) + dy, 89.9)
-    dx = radius_m / (M_PER_DEG_LON_EQ * math.cos(math.radians(edge))) * 1.01
-    return lon - dx, lat - dy, lon + dx, lat + dy
 
 
 def flag_at_intake(
@@ -237,12 +227,13 @@ _PG_CANDIDATES = text("""
                 CAST(:dlo AS timestamptz[]), CAST(:dhi AS timestamptz[]),
                 CAST(:rlo AS timestamptz[]), CAST(:rhi AS timestamptz[]),
                 CAST(:minx AS float8[]), CAST(:miny AS float8[]),
-                CAST(:maxx AS float8[]), CAST(:maxy AS float8[]))
-         AS n(nid, cat, dlo, dhi, rlo, rhi, minx, miny, maxx, maxy)
+                CAST(:maxx AS float8[]), CAST(:maxy AS float8[]),
+                CAST(:x AS float8[]), CAST(:y AS float8[]))
+         AS n(nid, cat, dlo, dhi, rlo, rhi, minx, miny, maxx, maxy, x, y)
     JOIN leads AS o ON o.category_code = n.cat AND o.id <> n.nid
     WHERE o.geom && ST_MakeEnvelope(n.minx, n.miny, n.maxx, n.maxy, 4326)
       AND ST_DWithin(geography(o.geom),
-                     geography(ST_SetSRID(ST_MakePoint((n.minx + n.maxx) / 2, (n.miny + n.maxy) / 2), 4326)),
+                     geography(ST_SetSRID(ST_MakePoint(n.x, n.y), 4326)),
                      :radius)
       AND ((o.status = ANY(CAST(:open AS text[])) AND o.reported_at BETWEEN n.dlo AND n.dhi)
            OR (o.status = :closed AND o.closed_at BETWEEN n.rlo AND n.rhi))
@@ -267,11 +258,12 @@ def _candidates(session: Session, backend: str, batch: Sequence[Any], radius: fl
     thousands of bound rows cost more to compile than the query cost to run.
     """
     boxes = [(int(r.id), r.category_code, r.reported_at - dup_win, r.reported_at + dup_win,
-              r.reported_at - reb_win, r.reported_at, *_box(r.x, r.y, radius)) for r in batch]
+              r.reported_at - reb_win, r.reported_at, *search_box(r.x, r.y, radius), r.x, r.y)
+             for r in batch]
     if backend == "postgresql":
         cols = list(zip(*boxes, strict=True))
         params: dict[str, Any] = dict(zip(
-            ("nid", "cat", "dlo", "dhi", "rlo", "rhi", "minx", "miny", "maxx", "maxy"),
+            ("nid", "cat", "dlo", "dhi", "rlo", "rhi", "minx", "miny", "maxx", "maxy", "x", "y"),
             (list(c) for c in cols), strict=True))
         params.update(radius=radius * 1.01, open=_OPEN, closed=State.CLOSED.value)
         # During a bulk import the statistics lag far behind the table (thousands of leads
@@ -282,7 +274,7 @@ def _candidates(session: Session, backend: str, batch: Sequence[Any], radius: fl
             return list(session.execute(_PG_CANDIDATES, params).all())
         finally:
             session.execute(text("RESET enable_seqscan"))
-    per_new = session.execute(_SQLITE_BOXED, {"batch": json.dumps([[b[0], *b[6:]] for b in boxes])}).all()
+    per_new = session.execute(_SQLITE_BOXED, {"batch": json.dumps([[b[0], *b[6:10]] for b in boxes])}).all()
     want: dict[int, list[int]] = {}
     for nid, ids in per_new:
         if ids:
