@@ -10,6 +10,8 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+import anyio
+from cachetools import TTLCache
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -48,6 +50,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings)
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
+        app.state.db_turns = anyio.Semaphore(settings.db_concurrency)
+        app.state.principals = (TTLCache(maxsize=10_000, ttl=settings.auth_cache_seconds)
+                                if settings.auth_cache_seconds > 0 else None)
         app.state.batcher = IntakeBatcher(
             app.state.sessions, lambda s, items, actor, now: intake(s, list(items), actor=actor, now=now))
         # Periodic escalation only where asked (``leadgrid serve``), never in tests' clients.

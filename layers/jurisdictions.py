@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import threading
+import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 import pyproj
 import shapely
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, event, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from geo import crs as gcrs
@@ -624,6 +625,8 @@ def _switch(session: Session, version: BoundaryVersion, frame: gpd.GeoDataFrame,
     # Exclusive on the active row before reading any lead: intakes in flight (holding it shared,
     # see IndexCache.get) commit first and are seen below; later ones wait for the switch.
     write_lock(session)
+    # Readers that trust a recent check (point lookup) must look again once the switch commits.
+    event.listen(session, "after_commit", INDEX_CACHE.expire, once=True)
     previous = session.scalar(
         select(BoundaryVersion).where(BoundaryVersion.status == VersionStatus.active.value).with_for_update()
     )
@@ -775,27 +778,52 @@ class IndexCache:
         # Keyed by database URL too: one process may serve (or test) several databases.
         self._indexes: dict[str, tuple[int, BoundaryIndex]] = {}
         self._versions: OrderedDict[tuple[str, int], BoundaryIndex] = OrderedDict()
+        self._checked: dict[str, float] = {}  # monotonic time the active version was last read
+        self._expired: dict[str, float] = {}  # monotonic time of the last expire()
         self._keep = keep
 
-    def get(self, session: Session, *, for_write: bool = False) -> BoundaryIndex | None:
+    def get(self, session: Session, *, for_write: bool = False, max_age: float = 0.0) -> BoundaryIndex | None:
         """The active version's index.
 
-        ``for_write=True`` (intake) also holds the active version for the rest of the
-        transaction: a shared row lock on PostgreSQL, the write lock on SQLite. Activation and
-        rollback lock the same row exclusively, so a lead is either committed before a switch
-        (and re-dispatched by it) or assigned against the new version, never lost between them.
+        Parameters
+        ----------
+        session
+            Unit of work on the database whose active version is wanted.
+        for_write
+            Intake: also hold the active version for the rest of the transaction (a shared row
+            lock on PostgreSQL, the write lock on SQLite). Activation and rollback lock the same
+            row exclusively, so a lead is either committed before a switch (and re-dispatched by
+            it) or assigned against the new version, never lost between them.
+        max_age
+            Read-only callers (point lookup): trust the last check of which version is active
+            for this many seconds instead of asking the database on every call. An activation
+            made in this process is seen at once; one made by another worker within ``max_age``.
+            Ignored with ``for_write``.
+
+        Returns
+        -------
+        BoundaryIndex or None
+            ``None`` when no version is active.
         """
+        key = str(session.get_bind().engine.url)
+        if max_age > 0 and not for_write:
+            hit = self._indexes.get(key)
+            checked = self._checked.get(key)
+            if hit is not None and checked is not None and time.monotonic() - checked < max_age:
+                return hit[1]
         stmt = select(BoundaryVersion.id).where(BoundaryVersion.status == VersionStatus.active.value)
         if for_write:
             write_lock(session)
             if session.get_bind().dialect.name == "postgresql":
                 stmt = stmt.with_for_update(read=True)
+        checked_at = time.monotonic()
         vid = session.scalar(stmt)
         if vid is None and for_write:
             # Waiting on a switch that then committed finds the old row no longer active;
             # a fresh statement sees the new one.
             vid = session.scalar(stmt)
         if vid is None:
+            self._checked.pop(key, None)
             return None
         key = str(session.get_bind().engine.url)
         hit = self._indexes.get(key)
@@ -805,7 +833,20 @@ class IndexCache:
                 if hit is None or hit[0] != vid:
                     index = self.for_version(session, vid)
                     hit = self._indexes[key] = (vid, index)
+        if self._expired.get(key, 0.0) <= checked_at:
+            self._checked[key] = checked_at
         return hit[1]
+
+    def expire(self, session: Session) -> None:
+        """Make the next :meth:`get` ask the database which version is active.
+
+        Called when an activation or rollback commits, so this process sees the switch at once
+        even where callers pass ``max_age``.
+        """
+        key = str(session.get_bind().engine.url)
+        with self._lock:
+            self._checked.pop(key, None)
+            self._expired[key] = time.monotonic()
 
     def for_version(self, session: Session, version_id: int, frame: gpd.GeoDataFrame | None = None) -> BoundaryIndex:
         """The index of any version (history queries, activation), built once per process."""
@@ -826,6 +867,8 @@ class IndexCache:
         with self._lock:
             self._indexes.clear()
             self._versions.clear()
+            self._checked.clear()
+            self._expired.clear()
 
 
 INDEX_CACHE = IndexCache()

@@ -25,10 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, Select, and_, column, func, select, table
+from sqlalchemy import ColumnElement, Float, Select, and_, bindparam, column, func, select, table
 from sqlalchemy.orm import Session
 
 from geo import crs as gcrs
@@ -140,7 +141,7 @@ def _conditions(p: Principal, status: Sequence[str]) -> list[ColumnElement[bool]
     return conds
 
 
-def _point(lon: float, lat: float) -> Any:
+def _point(lon: Any, lat: Any) -> Any:
     return func.ST_SetSRID(func.ST_MakePoint(lon, lat), SRID)
 
 
@@ -161,14 +162,37 @@ def within_stmt(backend: str, p: Principal, lon: float, lat: float, radius_m: fl
         PostGIS returns exactly the leads within ``radius_m``; SpatiaLite returns the leads in the
         enclosing box (the caller trims them to the circle).
     """
+    return _template(backend, *_scope_key(p), tuple(status)).params(_circle(lon, lat, radius_m))
+
+
+def _scope_key(p: Principal) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(sorted(p.scope_codes)), tuple(sorted(p.scope_bodies))
+
+
+def _circle(lon: float, lat: float, radius_m: float) -> dict[str, float]:
     minx, miny, maxx, maxy = search_box(lon, lat, radius_m)
+    return {"n_lon": lon, "n_lat": lat, "n_radius": radius_m, "n_minx": minx, "n_miny": miny,
+            "n_maxx": maxx, "n_maxy": maxy}
+
+
+@lru_cache(maxsize=512)
+def _template(backend: str, codes: tuple[str, ...], bodies: tuple[str, ...],
+              status: tuple[str, ...]) -> Select[Any]:
+    """The radius query for one shape of scope, with the circle as bound parameters.
+
+    Built once per scope (there are few), so a request only binds numbers: constructing the
+    statement anew cost more than the database spent answering it.
+    """
+    p = Principal(username="", roles=frozenset(), scope_codes=frozenset(codes), scope_bodies=frozenset(bodies))
+    minx, miny, maxx, maxy = (bindparam(f"n_{k}", type_=Float) for k in ("minx", "miny", "maxx", "maxy"))
+    lon, lat, radius = (bindparam(f"n_{k}", type_=Float) for k in ("lon", "lat", "radius"))
     if backend == "postgis":
         # The circle first, materialised, then the scope on those few rows: given both at once,
         # the planner also bitmap-scans the county index (a quarter of the table) to AND it with
         # the GiST hits, which cost 10 ms at 1M leads for a 1 km circle.
         env = func.ST_MakeEnvelope(minx, miny, maxx, maxy, SRID)
         spatial = [Lead.geom.op("&&")(env),
-                   func.ST_DWithin(func.geography(Lead.geom), func.geography(_point(lon, lat)), radius_m)]
+                   func.ST_DWithin(func.geography(Lead.geom), func.geography(_point(lon, lat)), radius)]
         if status:
             spatial.append(Lead.status.in_(list(status)))
         near = (
@@ -184,25 +208,24 @@ def within_stmt(backend: str, p: Principal, lon: float, lat: float, radius_m: fl
     return _columns().where(and_(*conds))
 
 
-def _hits(session: Session, stmt: Select[Any], lon: float, lat: float, radius_m: float) -> list[NearbyHit]:
-    rows = session.execute(stmt).all()
+def _hits(session: Session, stmt: Select[Any], lon: float, lat: float, radius_m: float,
+          params: dict[str, float] | None = None) -> list[NearbyHit]:
+    rows = session.execute(stmt, params).all()
     if not rows:
         return []
     xs = np.array([r.x for r in rows], dtype=float)
     ys = np.array([r.y for r in rows], dtype=float)
     dist = np.atleast_1d(gcrs.geodesic_distance_m(lon, lat, xs, ys))
-    out = []
-    for r, d in zip(rows, dist, strict=True):
-        if d <= radius_m:
-            out.append(NearbyHit(int(r.id), r.code, r.category_code, r.status, r.urgency, r.address,
-                                 r.body_code, r.county_code, r.township_code, float(r.x), float(r.y),
-                                 round(float(d), 2), r.due_at))
-    return out
+    keep = np.flatnonzero(dist <= radius_m)
+    return [NearbyHit(int(r.id), r.code, r.category_code, r.status, r.urgency, r.address, r.body_code,
+                      r.county_code, r.township_code, float(r.x), float(r.y), round(float(dist[i]), 2), r.due_at)
+            for i in keep.tolist() for r in (rows[i],)]
 
 
 def _within(session: Session, backend: str, p: Principal, lon: float, lat: float, radius_m: float,
             status: Sequence[str]) -> list[NearbyHit]:
-    return _hits(session, within_stmt(backend, p, lon, lat, radius_m, status), lon, lat, radius_m)
+    stmt = _template(backend, *_scope_key(p), tuple(status))
+    return _hits(session, stmt, lon, lat, radius_m, _circle(lon, lat, radius_m))
 
 
 def _k_bound_postgis(session: Session, p: Principal, lon: float, lat: float, k: int,

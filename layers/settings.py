@@ -44,6 +44,20 @@ class Settings(BaseSettings):
                                       description="same category within this distance of a closed lead")
     rebound_days: float = Field(default=90.0, ge=0, le=3660,
                                 description="... closed at most this many days before the new report")
+    auth_cache_seconds: float = Field(
+        default=5.0, ge=0, le=300,
+        description="how long a worker trusts a user's roles and scope before reading them again "
+        "(a disabled user or changed scope takes effect within this time; 0: read on every request)")
+    db_concurrency: int = Field(
+        default=10, ge=1, le=200,
+        description="requests per worker using the database at once; more wait their turn (at most "
+        "db_wait_seconds, then 503). Keep it at or below the connection pool (10 + 10 overflow on PostGIS)")
+    db_wait_seconds: float = Field(default=10.0, gt=0, le=300,
+                                   description="longest a request waits for its database turn before a 503")
+    index_recheck_seconds: float = Field(
+        default=1.0, ge=0, le=60,
+        description="point lookup trusts its last check of the active boundary version this long "
+        "(an activation by another worker is seen within this time; 0: check on every lookup)")
     echo_sql: bool = False
 
     @field_validator("database_url")

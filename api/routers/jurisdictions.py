@@ -25,7 +25,7 @@ def lookup(
     datum: DatumName = "wgs84",
 ) -> dict[str, Any]:
     """The city, county and township containing a point (MapIt-style), with the version."""
-    index = jurisdictions.INDEX_CACHE.get(session)
+    index = jurisdictions.INDEX_CACHE.get(session, max_age=settings.index_recheck_seconds)
     if index is None:
         raise Conflict("no boundary layer is active; import and activate one first")
     x, y = gcrs.to_storage(np.array([lon]), np.array([lat]), datum)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+import numpy as np
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field, TypeAdapter
 
 from api.deps import PrincipalDep, SessionDep
 from api.schemas import DatumName
@@ -49,17 +50,26 @@ class NearbyPage(BaseModel):
     items: list[NearbyItem]
 
 
-def _item(h: nearby_store.NearbyHit, datum: DatumName) -> NearbyItem:
-    dx, dy = gcrs.from_storage(h.lon, h.lat, datum)
-    nav = Navigation(
-        geo_uri=f"geo:{h.lat:.6f},{h.lon:.6f}",
-        url=f"https://www.openstreetmap.org/?mlat={h.lat:.6f}&mlon={h.lon:.6f}#map=18/{h.lat:.6f}/{h.lon:.6f}",
-        lon=round(float(dx), 7), lat=round(float(dy), 7), datum=datum,
-    )
-    return NearbyItem(id=h.id, code=h.code, category=h.category, status=h.status, urgency=h.urgency,
-                      address=h.address, body_code=h.body_code, county_code=h.county_code,
-                      township_code=h.township_code, lon=h.lon, lat=h.lat, distance_m=h.distance_m,
-                      due_at=h.due_at, navigation=nav)
+_PAGE = TypeAdapter(NearbyPage)
+
+
+def _items(hits: list[nearby_store.NearbyHit], datum: DatumName) -> list[NearbyItem]:
+    """Response items, built without re-validating what the query already typed."""
+    if not hits:
+        return []
+    dx, dy = gcrs.from_storage(np.array([h.lon for h in hits]), np.array([h.lat for h in hits]), datum)
+    out = []
+    for h, x, y in zip(hits, np.round(dx, 7).tolist(), np.round(dy, 7).tolist(), strict=True):
+        nav = Navigation.model_construct(
+            geo_uri=f"geo:{h.lat:.6f},{h.lon:.6f}",
+            url=f"https://www.openstreetmap.org/?mlat={h.lat:.6f}&mlon={h.lon:.6f}#map=18/{h.lat:.6f}/{h.lon:.6f}",
+            lon=x, lat=y, datum=datum,
+        )
+        out.append(NearbyItem.model_construct(
+            id=h.id, code=h.code, category=h.category, status=h.status, urgency=h.urgency, address=h.address,
+            body_code=h.body_code, county_code=h.county_code, township_code=h.township_code, lon=h.lon,
+            lat=h.lat, distance_m=h.distance_m, due_at=h.due_at, navigation=nav))
+    return out
 
 
 @router.get("/nearby", response_model=NearbyPage)
@@ -72,10 +82,14 @@ def nearby(
     status: Annotated[list[str], Query(max_length=20)] = [],  # noqa: B006 - FastAPI reads the default
     limit: Annotated[int, Query(ge=1, le=nearby_store.MAX_LIMIT)] = 50,
     sort: Literal["distance", "deadline"] = "distance",
-) -> NearbyPage:
+) -> Response:
     """Leads in your scope around you by real distance, with deadline and navigation link."""
     hits = nearby_store.nearby(session, p, lon, lat, datum=datum, radius_m=radius_m, status=status,
                                limit=limit, sort=sort)
     x, y = gcrs.to_storage(lon, lat, datum)
-    return NearbyPage(lon=float(x), lat=float(y), radius_m=radius_m, sort=sort,
-                      items=[_item(h, datum) for h in hits])
+    page = NearbyPage.model_construct(lon=float(x), lat=float(y), radius_m=radius_m, sort=sort,
+                                      items=_items(hits, datum))
+    # Serialised once, straight from the typed page (the schema above still documents it): a
+    # field user's phone polls this, and FastAPI's second validation of 50 items cost more
+    # than the database spent finding them.
+    return Response(_PAGE.dump_json(page), media_type="application/json")

@@ -10,7 +10,7 @@ from shapely.geometry import box
 from sqlalchemy import select, update
 
 from layers import audit, boundary_review, jurisdictions, leads
-from layers.models import AuditEvent, Dispatch, Lead
+from layers.models import AuditEvent, BoundaryVersion, Dispatch, Lead
 from layers.users import SYSTEM
 from tests.conftest import CITY, COUNTIES, NOW, TOWNSHIPS, Db
 
@@ -186,3 +186,30 @@ def test_lead_taken_in_while_a_switch_starts_is_redispatched_not_lost(seeded: Db
     rep = report["rep"]
     assert out[0].lead_id in rep.moved_lead_ids  # type: ignore[attr-defined]
     assert township(seeded, out[0].lead_id) == "320001003"
+
+
+def test_lookup_cache_trusts_a_recent_check_but_sees_its_own_activation_at_once(seeded: Db, tmp_path: Path) -> None:
+    """``max_age``: a switch made elsewhere is seen after the age; one committed here at once."""
+    stage_split(seeded, tmp_path)
+    cache = jurisdictions.INDEX_CACHE
+    with seeded.uow() as s:
+        first = cache.get(s, max_age=60)
+        split_id = s.scalar(select(BoundaryVersion.id).where(BoundaryVersion.layer == "split"))
+        old_id = s.scalar(select(BoundaryVersion.id).where(BoundaryVersion.status == "active"))
+    assert first is not None and first.version == str(old_id)
+    # Another worker switches versions (simulated by writing the rows directly: no event here).
+    with seeded.uow() as s:
+        s.execute(update(BoundaryVersion).where(BoundaryVersion.id == old_id).values(status="retired"))
+        s.execute(update(BoundaryVersion).where(BoundaryVersion.id == split_id).values(status="active"))
+    with seeded.uow() as s:
+        assert cache.get(s, max_age=60) is first  # trusted: checked less than 60 s ago
+        fresh = cache.get(s)  # no max_age: asks the database
+        assert fresh is not None and fresh.version == str(split_id)
+        assert cache.get(s, max_age=60) is fresh
+    # Back, through this process's own rollback: seen at once although the last check is recent.
+    with seeded.uow() as s:
+        rep = jurisdictions.rollback(s, actor="gis", now=T1)
+    assert rep.version.id == old_id
+    with seeded.uow() as s:
+        again = cache.get(s, max_age=60)
+        assert again is not None and again.version == str(old_id)
