@@ -79,15 +79,21 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+def _load_principal(request: Request, username: str) -> Principal:
+    with request.app.state.sessions() as session:  # read only; one thread hop, no turn needed
+        return principal_for(get_user(session, username))
+
+
 async def get_principal(
     request: Request,
-    session: SessionDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     """The caller, from the bearer token and the user's stored roles and scope.
 
     Roles and scope are kept per worker for ``auth_cache_seconds`` (a few seconds), so most
-    requests spend no database round trip on who is asking; only active users are kept.
+    requests spend no database round trip on who is asking; only active users are kept. The
+    user is read in its own short session (within one thread hop), so knowing who asks never
+    takes a database turn: routes that need none (intake's group commit) hold none.
     """
     if creds is None or creds.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token; get one from POST /auth/token")
@@ -95,8 +101,8 @@ async def get_principal(
     known: TTLCache[str, Principal] | None = request.app.state.principals
     p = known.get(username) if known is not None else None
     if p is None:
-        user = await anyio.to_thread.run_sync(get_user, session, username)
-        p = principal_for(user)  # Unauthorized for unknown or disabled users: never kept
+        # Unauthorized for unknown or disabled users: never kept.
+        p = await anyio.to_thread.run_sync(_load_principal, request, username)
         if known is not None:
             known[username] = p
     return p

@@ -7,6 +7,7 @@ cannot, so the engine uses ``pysqlite3`` (``pysqlite3-binary``) when it is insta
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ import pyproj  # noqa: F401
 import shapely  # noqa: F401
 from geoalchemy2.admin.dialects.sqlite import load_spatialite_driver
 from sqlalchemy import Engine, Table, create_engine, event, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.exc import TimeoutError as _SATimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -93,7 +94,39 @@ def make_engine(settings: Settings) -> Engine:
         )
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
-    return create_engine(url, echo=settings.echo_sql, pool_pre_ping=True, pool_size=10)
+    engine = create_engine(url, echo=settings.echo_sql, pool_size=10)
+    _ping_when_idle(engine, settings.db_idle_ping_seconds)
+    return engine
+
+
+_IDLE_SINCE = "leadgrid.idle_since"
+
+
+def _ping_when_idle(engine: Engine, after_s: float) -> None:
+    """Test a pooled connection before use when it sat unused for ``after_s`` seconds.
+
+    SQLAlchemy's ``pool_pre_ping`` tests it on *every* checkout: one more round trip per
+    request, about a tenth of a busy server's time. A connection that served a request
+    moments ago is alive; one that sat idle may have been cut (database restart, firewall),
+    and is then replaced before the request sees it. Raising ``DisconnectionError`` here makes
+    the pool discard the connection and check out a fresh one.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_conn: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < after_s:
+            return  # new, or busy a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection idle {time.monotonic() - since:.0f} s is gone: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("pooled connection failed its ping")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -12,7 +12,7 @@ import csv
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -46,6 +46,7 @@ class _Rule:
 
 
 _ROUTERS: dict[str, tuple[tuple[Any, ...], Router]] = {}
+_MEMO = "leadgrid.router"  # session.info key: (transaction, router) checked in that transaction
 
 
 def clear_cache() -> None:
@@ -87,8 +88,12 @@ class Router:
 
         Rules are only ever added or retired and categories only added, so one cheap query
         (counts and highest ids) tells whether the cached router is still the one in force.
-        Intake calls this once per request or batch.
+        That check is made once per session (a request, an intake batch); later calls in the
+        same session reuse its answer.
         """
+        mine = session.info.get(_MEMO)
+        if mine is not None and mine[0] is session.get_transaction():
+            return cast(Router, mine[1])
         stamp = tuple(session.execute(select(
             select(func.count(RoutingRule.id)).scalar_subquery(),
             select(func.max(RoutingRule.id)).scalar_subquery(),
@@ -99,9 +104,11 @@ class Router:
         key = str(session.get_bind().engine.url)
         hit = _ROUTERS.get(key)
         if hit is not None and hit[0] == stamp:
-            return hit[1]
-        router = cls.load(session)
-        _ROUTERS[key] = (stamp, router)
+            router = hit[1]
+        else:
+            router = cls.load(session)
+            _ROUTERS[key] = (stamp, router)
+        session.info[_MEMO] = (session.get_transaction(), router)
         return router
 
     def route(self, category: str, city: str | None, county: str | None, township: str | None) -> Route:
@@ -164,6 +171,7 @@ def seed(session: Session, data_dir: Path, *, now: datetime) -> dict[str, int]:
     dict
         Rows added per table.
     """
+    session.info.pop(_MEMO, None)
     added = {"bodies": 0, "categories": 0, "routing_rules": 0}
     known_bodies = set(session.scalars(select(Body.code)))
     with (data_dir / "bodies.csv").open(encoding="utf-8") as f:
@@ -221,6 +229,7 @@ def add_rule(session: Session, *, priority: int, body_code: str, actor: str, now
                        body_code=body_code, note=note, created_at=now, created_by=actor)
     session.add(rule)
     session.flush()
+    session.info.pop(_MEMO, None)
     audit.record(session, [audit.EventIn(now, actor, "routing.add", "routing_rule", str(rule.id), {},
                                          _rule_dict(rule))])
     return rule
@@ -232,6 +241,7 @@ def retire_rule(session: Session, rule_id: int, *, actor: str, now: datetime) ->
     if rule is None or rule.retired_at is not None:
         raise NotFound(f"no routing rule {rule_id} in force", field="rule_id")
     session.execute(update(RoutingRule).where(RoutingRule.id == rule_id).values(retired_at=now))
+    session.info.pop(_MEMO, None)
     audit.record(session, [audit.EventIn(now, actor, "routing.retire", "routing_rule", str(rule_id),
                                          _rule_dict(rule), {"retired_at": now.isoformat()})])
 

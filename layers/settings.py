@@ -52,6 +52,9 @@ class Settings(BaseSettings):
         default=10, ge=1, le=200,
         description="requests per worker using the database at once; more wait their turn (at most "
         "db_wait_seconds, then 503). Keep it at or below the connection pool (10 + 10 overflow on PostGIS)")
+    db_idle_ping_seconds: float = Field(
+        default=10.0, ge=0, le=3600,
+        description="PostGIS: test a pooled connection before use when idle this long (0: always)")
     db_wait_seconds: float = Field(default=10.0, gt=0, le=300,
                                    description="longest a request waits for its database turn before a 503")
     index_recheck_seconds: float = Field(

@@ -5,17 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import TypeAdapter
 
 from api.deps import PrincipalDep, SessionDep, SettingsDep, require
 from api.schemas import DispatchPublic, LeadCreate, LeadCreated, LeadPage, LeadPublic
 from layers import leads, routing
+from layers.db import unit_of_work
 from layers.errors import Forbidden
 from layers.models import Lead
 from layers.shapes import to_shape
 from layers.users import Principal
 
 router = APIRouter(prefix="/leads", tags=["leads"])
+_PAGE = TypeAdapter(LeadPage)
 INTAKE_ROLES = ("dispatcher", "field")
 
 
@@ -37,25 +40,24 @@ def lead_public(lead: Lead) -> LeadPublic:
 
 
 @router.post("", response_model=LeadCreated, status_code=201)
-def create_lead(body: LeadCreate, request: Request, session: SessionDep, settings: SettingsDep,
-                p: Annotated[Principal, require(*INTAKE_ROLES)]) -> LeadCreated:
+def create_lead(body: LeadCreate, request: Request, p: Annotated[Principal, require(*INTAKE_ROLES)]) -> LeadCreated:
     """Take in one lead; idempotent on channel + external id; returns the assignment and why."""
     if p.citywide or p.has("dispatcher"):
-        # Group commit with the other intakes in flight. End this request's own transaction
-        # first, so no request holds a pooled connection while it waits for its batch.
-        session.commit()
+        # Group commit with the other intakes in flight; the request holds no connection (and
+        # no database turn) while it waits for its batch.
         out = request.app.state.batcher.intake(body.model_dump(), actor=p.username)
         return LeadCreated(code=out.code, id=out.lead_id, created=out.created, assignment=out.assignment or None)
     now = datetime.now(UTC)
-    cats = set(routing.Router.current(session).categories)
-    item = leads.validate_lead(body.model_dump(), categories=cats, now=now)
-    out = request.app.state.intake(session, [item], actor=p.username, now=now)[0]
-    # A scoped field user may only file leads that land in their scope; raising rolls back.
-    if out.created:
-        a = out.assignment
-        codes = {a.get("city_code"), a.get("county_code"), a.get("township_code")}
-        if not (p.scope_codes & codes) and a.get("body_code") not in p.scope_bodies:
-            raise Forbidden("the lead's location is outside your scope; ask a dispatcher to file it")
+    with unit_of_work(request.app.state.sessions) as session:  # one thread hop, start to commit
+        cats = set(routing.Router.current(session).categories)
+        item = leads.validate_lead(body.model_dump(), categories=cats, now=now)
+        out = request.app.state.intake(session, [item], actor=p.username, now=now)[0]
+        # A scoped field user may only file leads that land in their scope; raising rolls back.
+        if out.created:
+            a = out.assignment
+            codes = {a.get("city_code"), a.get("county_code"), a.get("township_code")}
+            if not (p.scope_codes & codes) and a.get("body_code") not in p.scope_bodies:
+                raise Forbidden("the lead's location is outside your scope; ask a dispatcher to file it")
     return LeadCreated(code=out.code, id=out.lead_id, created=out.created,
                        assignment=out.assignment or None)
 
@@ -73,15 +75,16 @@ def list_leads(
     review: bool | None = None,
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> LeadPage:
+) -> Response:
     """Leads in your scope, newest first, filtered and paginated."""
     f = leads.LeadFilter(status=status, body=body, category=category, channel=channel,
                          jurisdiction=jurisdiction, since=_aware(since), until=_aware(until),
                          review=review)
     total, exact, rows = leads.list_leads(session, p, f, page=page,
                                           page_size=min(page_size, settings.max_page_size))
-    return LeadPage(total=total, total_exact=exact, page=page, page_size=page_size,
-                    items=[lead_public(r) for r in rows])
+    page_ = LeadPage(total=total, total_exact=exact, page=page, page_size=page_size,
+                     items=[lead_public(r) for r in rows])
+    return Response(_PAGE.dump_json(page_), media_type="application/json")  # validated once, above
 
 
 @router.get("/{ref}", response_model=LeadPublic)

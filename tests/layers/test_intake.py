@@ -91,6 +91,20 @@ def test_jurisdiction_specific_rule_wins_over_general(seeded: Db) -> None:
     assert out[0].assignment["body_code"] == "CMB" and out[1].assignment["body_code"] == "EEB"
 
 
+def test_rules_changed_within_a_transaction_route_its_later_leads(seeded: Db) -> None:
+    """The router checked once per transaction is checked again after a rule is added or retired."""
+    from layers import routing
+
+    with seeded.uow() as s:
+        first = leads.submit(s, [_lead("t1", 117.15, 34.02)], actor="test", now=NOW)
+        rule = routing.add_rule(s, priority=5, category_code="catering_fumes", jurisdiction_code="320002",
+                                body_code="EEB", actor="t", now=NOW)
+        second = leads.submit(s, [_lead("t2", 117.15, 34.02)], actor="test", now=NOW)
+        routing.retire_rule(s, rule.id, actor="t", now=NOW)
+        third = leads.submit(s, [_lead("t3", 117.15, 34.02)], actor="test", now=NOW)
+    assert [o.assignment["body_code"] for o in (first[0], second[0], third[0])] == ["CMB", "EEB", "CMB"]
+
+
 def test_address_only_lead_is_assigned_by_address(seeded: Db) -> None:
     out = _submit(seeded, [_lead("addr", None, None, address="测试市乙县乙二镇某村东200米")])
     a = out[0].assignment
