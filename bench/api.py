@@ -18,8 +18,8 @@ the loader), start uvicorn on loopback, then run three phases:
 1. **capacity** (``--saturate-seconds``): ``--clients`` closed-loop clients, each sending its next
    call as soon as the last is answered — 20 % intake (POST /leads, a citywide dispatcher), 60 %
    nearby (GET /leads/nearby, 1 km radius, a county-scoped field user), 20 % list (GET /leads,
-   first page of 50). This shows the most the server does per second; its latencies are mostly
-   queueing (32 clients on 2 cores), so no goal is judged on them.
+   first page of 50; ``--mix`` changes the shares). This shows the most the server does per
+   second; its latencies are mostly queueing (32 clients on 2 cores), so no goal is judged on them.
 2. **target load** (``--seconds``, 60 by default): calls at fixed rates (intake 300/s, nearby
    100/s, list 20/s by default) whatever the server does; each latency counts from the moment
    the call was due, so a server that falls behind shows it in p99 (no coordinated omission).
@@ -59,6 +59,8 @@ from layers.settings import Settings  # noqa: E402
 
 BBOX = (116.4, 33.8, 118.6, 34.9)  # about Xuzhou's extent
 SECRET = "bench-secret-" + "x" * 40
+MIX = {"intake": 0.2, "nearby": 0.6, "list": 0.2}  # the capacity phase's share of each call
+MIX_EDGES: list[tuple[str, float]] = []
 CATEGORIES = ["catering_fumes", "construction_dust", "road_dust", "industrial_gas", "open_burning"]
 
 
@@ -146,14 +148,14 @@ def _token(url: str, username: str) -> str:
 
 async def _client(base: str, tokens: dict[str, str], until: float, stats: dict[str, list[float]],
                   errors: dict[str, int], seed: int) -> None:
-    """One closed-loop client: 20 % intake, 60 % nearby, 20 % list, next call when answered."""
+    """One closed-loop client: calls drawn by ``MIX``, the next one when the last is answered."""
     rnd = random.Random(seed)
     async with aiohttp.ClientSession(base_url=base, timeout=aiohttp.ClientTimeout(total=30)) as client:
         n = 0
         while time.perf_counter() < until:
             n += 1
             r = rnd.random()
-            kind = "intake" if r < 0.2 else "nearby" if r < 0.8 else "list"
+            kind = next((k for k, edge in MIX_EDGES if r < edge), "list")
             t = time.perf_counter()
             ok = await _one(client, kind, tokens, rnd, seed * 10_000_000 + n)
             stats[kind].append(time.perf_counter() - t)
@@ -342,8 +344,22 @@ def main() -> None:
                     help="length of the closed-loop capacity phase (0: skip it)")
     ap.add_argument("--single", type=int, default=2000,
                     help="calls of each kind made one at a time by a single client first (0: skip)")
+    ap.add_argument("--mix", default="",
+                    help="shares of the capacity phase, e.g. intake=1 or intake=0.68,nearby=0.23,list=0.05,lookup=0.04")
     ap.add_argument("--no-load", action="store_true", help="only the single-client phase")
     args = ap.parse_args()
+    if args.mix:
+        MIX.clear()
+        for part in args.mix.split(","):
+            k, _, v = part.partition("=")
+            if k not in ("intake", "nearby", "list", "lookup"):
+                ap.error(f"--mix: unknown call {k!r}; use intake, nearby, list or lookup")
+            MIX[k] = float(v)
+    total = sum(MIX.values())
+    acc = 0.0
+    for k, v in MIX.items():
+        acc += v / total
+        MIX_EDGES.append((k, acc))
     if args.no_load:
         args.saturate_seconds, args.seconds = 0, 0
     url = (args.admin_url.rsplit("/", 1)[0] + "/leadgrid_bench") if args.reuse else setup(args.admin_url, args.leads)

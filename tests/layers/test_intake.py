@@ -197,3 +197,30 @@ def test_list_counts_exactly_up_to_the_cap_then_says_at_least(seeded: Db) -> Non
         # The cap applies after scope: the county user sees only its own leads, counted exactly.
         in_county = leads.list_leads(s, county, leads.LeadFilter(), count_cap=3)
         assert in_county[:2] == (3, True) and {r.county_code for r in in_county[2]} == {"320001"}
+
+
+@pytest.mark.parametrize("migrated", ["postgis"], indirect=True)
+def test_key_lookup_probes_both_columns_of_the_unique_index_whatever_the_statistics(seeded: Db) -> None:
+    """A channel that grew after the last ANALYZE (estimated at one row) is not walked whole."""
+    from sqlalchemy import text
+
+    from layers.leads import _key_stmt
+    from layers.models import Lead
+
+    with seeded.uow() as s:
+        s.execute(text("ANALYZE leads"))  # statistics from an empty table...
+        s.execute(text("""
+            INSERT INTO leads (code, channel, external_id, category_code, urgency, description, address,
+                public, reported_at, received_at, orig_datum, assign_method, assign_reason,
+                assign_candidates, review, review_reason, routing_fallback, status, created_at,
+                updated_at, row_version)
+            SELECT 'K' || g, 'wechat', 'w' || g, 'catering_fumes', 'normal', '', '', false, now(), now(),
+                   'wgs84', 'unassigned', '', '[]'::jsonb, false, '', false, 'received', now(), now(), 1
+            FROM generate_series(1, 5000) AS g"""))  # ...then the channel grows
+        stmt = _key_stmt(True, "wechat", ["w17", "w4242", "absent"], Lead.code)
+        plan = "\n".join(r[0] for r in s.execute(text("EXPLAIN " + str(stmt.compile(
+            dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True})))))
+        got = sorted((r.external_id, r.code) for r in s.execute(stmt))
+    assert got == [("w17", "K17"), ("w4242", "K4242")]
+    assert "external_id)::text = k.ext" in plan and "Index Cond" in plan, plan
+    assert "Filter" not in plan, plan
