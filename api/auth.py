@@ -25,13 +25,21 @@ def issue_token(user: User, *, secret: str, ttl_minutes: int, now: datetime | No
 
 def username_from_token(token: str, *, secret: str) -> str:
     """The username a valid token names; :class:`Unauthorized` for expired or forged ones."""
+    return token_subject(token, secret=secret)[0]
+
+
+def token_subject(token: str, *, secret: str) -> tuple[str, float]:
+    """The username a valid token names and its expiry (POSIX seconds).
+
+    Raises :class:`Unauthorized` for expired, forged or malformed tokens.
+    """
     try:
         claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]})
     except jwt.ExpiredSignatureError:
         raise Unauthorized("token expired; sign in again") from None
     except jwt.InvalidTokenError:
         raise Unauthorized("invalid token") from None
-    return str(claims["sub"])
+    return str(claims["sub"]), float(claims["exp"])
 
 
 def principal_for(user: User | None) -> Principal:

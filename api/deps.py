@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -10,7 +11,7 @@ from cachetools import TTLCache
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.auth import principal_for, username_from_token
+from api.auth import principal_for, token_subject
 from layers.db import PoolTimeout, Session, commit
 from layers.errors import Forbidden, Unauthorized
 from layers.settings import Settings
@@ -90,21 +91,27 @@ async def get_principal(
 ) -> Principal:
     """The caller, from the bearer token and the user's stored roles and scope.
 
-    Roles and scope are kept per worker for ``auth_cache_seconds`` (a few seconds), so most
-    requests spend no database round trip on who is asking; only active users are kept. The
-    user is read in its own short session (within one thread hop), so knowing who asks never
-    takes a database turn: routes that need none (intake's group commit) hold none.
+    A verified token and its user's roles and scope are kept per worker for
+    ``auth_cache_seconds`` (a few seconds), so most requests spend neither a signature check
+    nor a database round trip on who is asking; the token's expiry is still checked on every
+    request, and only tokens of active users are kept. The user is read in its own short
+    session (within one thread hop), so knowing who asks never takes a database turn: routes
+    that need none (intake's group commit) hold none.
     """
     if creds is None or creds.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token; get one from POST /auth/token")
-    username = username_from_token(creds.credentials, secret=request.app.state.secret)
-    known: TTLCache[str, Principal] | None = request.app.state.principals
-    p = known.get(username) if known is not None else None
-    if p is None:
-        # Unauthorized for unknown or disabled users: never kept.
-        p = await anyio.to_thread.run_sync(_load_principal, request, username)
-        if known is not None:
-            known[username] = p
+    token = creds.credentials
+    known: TTLCache[str, tuple[Principal, float]] | None = request.app.state.principals
+    hit = known.get(token) if known is not None else None
+    if hit is not None:
+        if hit[1] > time.time():
+            return hit[0]
+        raise Unauthorized("token expired; sign in again")
+    username, exp = token_subject(token, secret=request.app.state.secret)
+    # Unauthorized for unknown or disabled users: never kept.
+    p = await anyio.to_thread.run_sync(_load_principal, request, username)
+    if known is not None:
+        known[token] = (p, exp)
     return p
 
 

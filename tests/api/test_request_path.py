@@ -106,3 +106,24 @@ def test_more_requests_than_turns_all_finish(api: Api, n: int) -> None:
             codes = list(ex.map(one, range(n)))
         assert codes == [201] * n
         assert c.app.state.db_turns.value == 2  # type: ignore[attr-defined]
+
+
+def test_a_kept_token_still_expires_on_time(api: Api) -> None:
+    """The cache keeps a verified token, not a pass: its expiry is checked on every request."""
+    from datetime import UTC, datetime, timedelta
+
+    from api.auth import issue_token
+    from layers import users
+
+    with _client(api, auth_cache_seconds=60) as c:
+        with api.db.uow() as s:
+            user = users.get_user(s, "leader")
+            assert user is not None
+            # Issued 58 s ago for one minute: expires 2 s from now (exp has whole seconds).
+            tok, exp = issue_token(user, secret=c.app.state.secret, ttl_minutes=1,  # type: ignore[attr-defined]
+                                   now=datetime.now(UTC) - timedelta(seconds=58))
+        h = {"Authorization": f"Bearer {tok}"}
+        assert c.get("/users/me", headers=h).status_code == 200
+        time.sleep(max(0.0, (exp - datetime.now(UTC)).total_seconds()) + 1.1)
+        r = c.get("/users/me", headers=h)
+        assert r.status_code == 401 and "expired" in r.json()["detail"]
