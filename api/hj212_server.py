@@ -172,10 +172,17 @@ class _Session:
                 self._quarantine_soon(item.raw, f"{item.reason.value}: {item.detail}", received_at)
                 continue
             try:
-                packet = parse_packet(item, accept_modbus_swapped=self.accept_modbus_swapped)
+                packet = parse_packet(
+                    item, accept_modbus_swapped=self.accept_modbus_swapped, received_at=received_at
+                )
                 whole = self.reassembler.add(packet, time.monotonic())
             except PacketError as exc:
                 self._quarantine_soon(item.raw, f"{exc.reason.value}: {exc}", received_at)
+                continue
+            except Exception as exc:
+                # A receiver bug must cost neither the bytes nor the other packets of this read.
+                log.exception("hj212 parser failed on a frame from %s", self.peer)
+                self._quarantine_soon(item.raw, f"{RejectReason.PARSER_ERROR.value}: {exc!r}", received_at)
                 continue
             parsed.append((packet, whole))
         for lost in self.reassembler.expire(time.monotonic()):
@@ -206,7 +213,9 @@ class _Session:
 
     async def _accept(self, packet: Packet, whole: Packet | None, received_at: datetime) -> bytes | None:
         if whole is not None:
-            whole = _received(whole, received_at)
+            if whole is not packet:
+                # A split upload merged from its parts: stamped with the read that completed it.
+                whole = _received(whole, received_at)
             try:
                 await self.sink.accept(whole, received_at, self.peer)
             except Exception as exc:
@@ -273,6 +282,43 @@ class _Limits:
     active: int = 0
 
 
+class _IdleTimer:
+    """Cancels the connection's task when one read has waited ``timeout`` seconds.
+
+    Does what ``asyncio.timeout`` around every read would, for less: that arms and disarms a
+    loop timer per read (a few microseconds each, on every packet), whereas this keeps one timer
+    per connection that re-arms itself only when it fires, and a read merely notes its start.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None  # called from the connection's task
+        self.task = task
+        self.timeout = timeout
+        self.reading = False
+        self.since = self.loop.time()
+        self.expired = False
+        self._handle = self.loop.call_at(self.since + timeout, self._fire)
+
+    def start_read(self) -> None:
+        self.since = self.loop.time()
+        self.reading = True
+
+    def _fire(self) -> None:
+        now = self.loop.time()
+        due = self.since + self.timeout
+        if self.reading and now >= due:
+            self.expired = True
+            self.task.cancel()
+            return
+        # Not waiting in a read (handling, writing), or a read that started later: check again.
+        self._handle = self.loop.call_at(due if self.reading else now + self.timeout, self._fire)
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
 async def _connection(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -293,28 +339,37 @@ async def _connection(
         reassembler=Reassembler(timeout=limits.reassembly_timeout),
         accept_modbus_swapped=limits.accept_modbus_swapped,
     )
+    idle = _IdleTimer(limits.idle_timeout)
+    transport = writer.transport
     try:
         while True:
+            idle.start_read()
             try:
-                # asyncio.timeout, not wait_for: no extra task per read on the hot path.
-                async with asyncio.timeout(limits.idle_timeout):
-                    data = await reader.read(_READ_SIZE)
-            except TimeoutError:
+                data = await reader.read(_READ_SIZE)
+            except asyncio.CancelledError:
+                # Ours only if the idle timer cancelled and nobody else did (as asyncio.timeout).
+                if not idle.expired or idle.task.uncancel() > 0:
+                    raise
                 log.info("hj212: %s idle for %.0f s, closing", peer, limits.idle_timeout)
                 break
+            finally:
+                idle.reading = False
             if not data:
                 break
             replies = await session.handle(session.framer.feed(data), datetime.now(UTC))
             if replies:
-                writer.write(b"".join(replies))
-                # A peer that does not read its acks only stalls its own task, and not forever.
-                async with asyncio.timeout(limits.write_timeout):
-                    await writer.drain()
+                writer.write(b"".join(replies) if len(replies) > 1 else replies[0])
+                if transport.get_write_buffer_size():
+                    # The socket did not take it all: a peer that does not read its acks only
+                    # stalls its own task, and not forever.
+                    async with asyncio.timeout(limits.write_timeout):
+                        await writer.drain()
     except (ConnectionError, TimeoutError, OSError) as exc:
         log.info("hj212: %s dropped: %r", peer, exc)
     except Exception:
         log.exception("hj212: unexpected error on %s", peer)
     finally:
+        idle.close()
         limits.active -= 1
         try:
             await session.close(datetime.now(UTC))
@@ -355,7 +410,11 @@ async def start_hj212_server(
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _connection(reader, writer, sink, limits)
 
-    return await asyncio.start_server(on_connect, host, port, limit=max_buffer, backlog=1024)
+    # A listen queue for the whole fleet: after a receiver restart every logger reconnects at
+    # once, and connections beyond the queue have their SYNs dropped and retried by the kernel
+    # after 1, 3, 7, 15, 31 s. (The kernel caps it at net.core.somaxconn.)
+    backlog = min(max(max_connections, 1024), 65535)
+    return await asyncio.start_server(on_connect, host, port, limit=max_buffer, backlog=backlog)
 
 
 async def serve_hj212(

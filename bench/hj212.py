@@ -161,7 +161,7 @@ def _db_server_main(conn: Connection, uvloop: bool, url: str, devices: int, batc
         async with server:
             await loop.run_in_executor(None, conn.recv)  # "stop"
             server.close()
-            await asyncio.sleep(1.0)
+            unfinished = await _connections_done()
         await sink.close()
         with unit_of_work(sessions) as s:
             counts = monitoring.stored_counts(s)
@@ -183,11 +183,31 @@ def _db_server_main(conn: Connection, uvloop: bool, url: str, devices: int, batc
                 "cpu_s": _cpu_seconds() - cpu0,
                 "db_cpu_s": db_cpu() - db_cpu0,
                 "gc": pauses.summary(),
+                "unfinished": unfinished,
             }
         )
 
     asyncio.run(main())
     engine.dispose()
+
+
+async def _connections_done(timeout: float = 60.0) -> int:
+    """Wait until every connection has been handled to its end; return how many were not.
+
+    The clients have all hung up when this is called, but the server may still be working
+    through what they sent last: its queue was as long as the ack latency, and a device whose
+    last packet was a corrupted one (no ack awaited) hung up right after sending it. Counting
+    after a fixed grace period (1 s, formerly) missed those whenever the server lagged more,
+    and they showed up as "lost".
+    """
+    me = asyncio.current_task()
+    deadline = time.monotonic() + timeout
+    while True:
+        # Connection handlers are the only tasks besides this one and the sink's own (hj212-*).
+        busy = [t for t in asyncio.all_tasks() if t is not me and not t.get_name().startswith("hj212-")]
+        if not busy or time.monotonic() > deadline:
+            return len(busy)
+        await asyncio.sleep(0.05)
 
 
 def _server_main(conn: Connection, uvloop: bool, no_gc_tuning: bool) -> None:
@@ -205,8 +225,7 @@ def _server_main(conn: Connection, uvloop: bool, no_gc_tuning: bool) -> None:
         async with server:
             await loop.run_in_executor(None, conn.recv)  # "stop"
             server.close()
-            # Connections close themselves after the clients hang up; give them a moment.
-            await asyncio.sleep(1.0)
+            unfinished = await _connections_done()
         keys = {(r.mn, r.cn, r.data_time, r.pollutant) for p in sink.packets for r in p.readings}
         conn.send(
             {
@@ -218,6 +237,7 @@ def _server_main(conn: Connection, uvloop: bool, no_gc_tuning: bool) -> None:
                 "quarantine_reasons": sorted({q.reason.split(":")[0] for q in sink.quarantined}),
                 "cpu_s": _cpu_seconds() - cpu0,
                 "gc": pauses.summary(),
+                "unfinished": unfinished,
             }
         )
 
@@ -235,6 +255,7 @@ class ClientStats:
     bad_acks: int = 0
     errors: int = 0
     latencies: list[float] = field(default_factory=list)
+    connects: list[float] = field(default_factory=list)  # seconds each device took to connect
     first_send: float = float("inf")  # wall clock, comparable across processes
     last_ack: float = 0.0
     cpu_s: float = 0.0
@@ -271,11 +292,13 @@ def _packet(mn: str, i: int, bad: bool, hot: bool = False) -> bytes:
 
 async def _device(mn: str, port: int, deadline: float, bad_every: int, stats: ClientStats,
                   hot: bool = False) -> None:
+    t0 = time.perf_counter()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except OSError:
         stats.errors += 1
         return
+    stats.connects.append(time.perf_counter() - t0)
     i = 0
     try:
         while time.monotonic() < deadline:
@@ -401,6 +424,7 @@ def _run(args: argparse.Namespace, db: str | None) -> dict[str, Any]:
         stats.bad_acks += s.bad_acks
         stats.errors += s.errors
         stats.latencies += s.latencies
+        stats.connects += s.connects
         stats.first_send = min(stats.first_send, s.first_send)
         stats.last_ack = max(stats.last_ack, s.last_ack)
         stats.cpu_s += s.cpu_s
@@ -438,7 +462,8 @@ def _report(args: argparse.Namespace, result: dict[str, Any]) -> tuple[bool, flo
               f"items each on average, writer busy {result['busy_s']:.1f} s, "
               f"{result['busy_cpu_s']:.1f} s of CPU); "
               f"{result['episodes']} exceedance episodes, {result['leads']} leads")
-    print(f"lost               {lost}")
+    print(f"lost               {lost}" + (f" ({result['unfinished']} connections still open after 60 s)"
+                                             if result["unfinished"] else ""))
     print(
         f"acked              {stats.acked} "
         f"(wrong acks {stats.bad_acks}, client errors {stats.errors})"
@@ -458,6 +483,10 @@ def _report(args: argparse.Namespace, result: dict[str, Any]) -> tuple[bool, flo
     db_cpu = result.get("db_cpu_s")
     print(f"CPU ms per packet  server {result['cpu_s'] * per_packet:.3f}, clients {stats.cpu_s * per_packet:.3f}"
           + (f", postgres backends {db_cpu * per_packet:.3f}" if db_cpu else ""))
+    conn_ms = [x * 1000 for x in stats.connects]
+    print(f"connect ms         p50 {_percentile(conn_ms, 0.5):.1f}  max {max(conn_ms, default=float('nan')):.1f}"
+          f"  ({sum(x > 1000 for x in conn_ms)} devices took over 1 s: a listen backlog overflow retries SYNs "
+          "after 1, 3, 7, 15, 31 s)")
     print(f"server GC pauses   {result['gc']}")
     ok = (
         lost == 0

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 from layers.errors import Invalid
@@ -235,48 +236,56 @@ def evaluate(rule: Rule, state: RunState, samples: Sequence[Sample]) -> tuple[Ru
     (RunState, list of EpisodeEvent)
         The new state and the events, in time order.
     """
+    # The state is carried in locals and frozen into a RunState once at the end: every reading
+    # of every point with a limit passes here, and a RunState copy per step cost more than the
+    # logic itself.
     events: list[EpisodeEvent] = []
-    s = state
-    for sample in sorted(samples, key=lambda x: x.data_time):
-        if s.last_data_time is not None and sample.data_time <= s.last_data_time:
+    over, under, run_start, run_max = state.over, state.under, state.run_start, state.run_max
+    last = state.last_data_time
+    ep_open, ep_start, ep_max = state.episode_open, state.episode_start, state.episode_max
+    ep_count, ep_last = state.episode_count, state.episode_last
+    limit, consecutive = rule.limit, rule.consecutive
+    for sample in sorted(samples, key=_data_time):
+        t = sample.data_time
+        if last is not None and t <= last:
             continue
-        s = replace(s, last_data_time=sample.data_time)
+        last = t
         value = pick_value(rule, sample.fields)
         if value is None or not _valid(sample.flag):
             continue
-        if value > rule.limit:
-            run_start = s.run_start if s.over else sample.data_time
-            run_max = value if s.run_max is None or not s.over else max(s.run_max, value)
-            s = replace(s, over=s.over + 1, under=0, run_start=run_start, run_max=run_max)
-            if s.episode_open:
-                s = replace(s, episode_max=max(s.episode_max or value, value),
-                            episode_count=s.episode_count + 1, episode_last=sample.data_time)
-                _merge_update(events, s)
-            elif s.over >= rule.consecutive:
-                s = replace(s, episode_open=True, episode_start=s.run_start, episode_max=s.run_max,
-                            episode_count=s.over, episode_last=sample.data_time)
-                assert s.episode_start is not None
-                events.append(EpisodeEvent(EventKind.opened, s.episode_start, s.episode_max,
-                                           s.episode_count, sample.data_time))
+        if value > limit:
+            run_max = value if run_max is None or not over else max(run_max, value)
+            run_start = run_start if over else t
+            over, under = over + 1, 0
+            if ep_open:
+                ep_max = max(ep_max or value, value)
+                ep_count += 1
+                ep_last = t
+                assert ep_start is not None
+                _merge_update(events, ep_start, ep_max, ep_count, ep_last)
+            elif over >= consecutive:
+                assert run_start is not None  # set by the first value of the run
+                ep_open, ep_start, ep_max, ep_count, ep_last = True, run_start, run_max, over, t
+                events.append(EpisodeEvent(EventKind.opened, ep_start, ep_max, ep_count, t))
         else:
-            run_start = s.run_start if s.under else sample.data_time
-            s = replace(s, under=s.under + 1, over=0, run_start=run_start, run_max=None)
-            if s.episode_open and s.under >= rule.consecutive:
-                assert s.episode_start is not None and s.episode_last is not None
-                events.append(EpisodeEvent(EventKind.closed, s.episode_start, s.episode_max,
-                                           s.episode_count, s.episode_last, end=s.run_start))
-                s = replace(s, episode_open=False, episode_start=None, episode_max=None,
-                            episode_count=0, episode_last=None)
-    return s, events
+            run_start = run_start if under else t
+            under, over, run_max = under + 1, 0, None
+            if ep_open and under >= consecutive:
+                assert ep_start is not None and ep_last is not None
+                events.append(EpisodeEvent(EventKind.closed, ep_start, ep_max, ep_count, ep_last, end=run_start))
+                ep_open, ep_start, ep_max, ep_count, ep_last = False, None, None, 0, None
+    return RunState(over, under, run_start, run_max, last, ep_open, ep_start, ep_max, ep_count, ep_last), events
 
 
-def _merge_update(events: list[EpisodeEvent], s: RunState) -> None:
-    assert s.episode_start is not None and s.episode_last is not None
+_data_time = attrgetter("data_time")
+
+
+def _merge_update(events: list[EpisodeEvent], start: datetime, max_value: float | None, count: int,
+                  last: datetime) -> None:
     prev = events[-1] if events else None
-    if prev is not None and prev.kind is not EventKind.closed and prev.start == s.episode_start:
+    if prev is not None and prev.kind is not EventKind.closed and prev.start == start:
         # Opened earlier in this batch: the lead is created with the final figures; updated
         # earlier: one update (and one audit event) per batch, not one per reading.
-        events[-1] = replace(prev, max_value=s.episode_max, count=s.episode_count, last=s.episode_last)
+        events[-1] = EpisodeEvent(prev.kind, prev.start, max_value, count, last, prev.end)
     else:
-        events.append(EpisodeEvent(EventKind.updated, s.episode_start, s.episode_max,
-                                   s.episode_count, s.episode_last))
+        events.append(EpisodeEvent(EventKind.updated, start, max_value, count, last))

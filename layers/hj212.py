@@ -11,8 +11,10 @@ of the data segment and ``CCCC`` the Appendix A CRC of the data segment (§1, §
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -71,6 +73,16 @@ def _reflected_table() -> tuple[int, ...]:
 
 _CRC_TABLE = _reflected_table()
 
+# Only ``reg >> 8`` survives from one byte to the next (§2): the register after a byte ``b`` is
+# ``T[h ^ b]`` where ``h`` is the previous register's high byte. So the high byte after two more
+# bytes depends on 16 bits only, ``h ^ b1`` and ``b2``: one lookup in a 65,536-entry table steps
+# over a pair of bytes, which halves the Python loop (the hot path checks the CRC of every packet
+# and computes the CRC of every answer). The index is a 16-bit word as ``memoryview.cast("H")``
+# yields it on a little-endian machine, ``b1 | b2 << 8``, so ``h`` XORs straight into it.
+_CRC_HIGH = tuple(t >> 8 for t in _CRC_TABLE)
+_CRC_PAIRS = tuple(_CRC_HIGH[_CRC_HIGH[w & 0xFF] ^ (w >> 8)] for w in range(0x10000))
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
 
 def crc16_hj212(data: bytes) -> int:
     """CRC of an HJ 212 data segment, exactly as HJ 212-2017 Appendix A defines it.
@@ -93,12 +105,36 @@ def crc16_hj212(data: bytes) -> int:
     >>> f"{crc16_hj212(b'ST=32'):04X}"
     '60C0'
     """
+    n = len(data)
+    if n == 0:
+        return 0xFFFF
+    if not _LITTLE_ENDIAN:
+        return _crc16_hj212_bytes(data)
+    h = 0xFF  # high byte of the initial register 0xFFFF
+    view = memoryview(data)
+    # Every byte but the last moves the high byte on; the last one gives the whole register.
+    start = 1 if n % 2 == 0 else 0  # an even number of bytes must remain before the last
+    if start:
+        h = _CRC_HIGH[h ^ view[0]]
+    pairs = _CRC_PAIRS
+    for w in view[start : n - 1].cast("H"):
+        h = pairs[w ^ h]
+    return _CRC_TABLE[h ^ view[n - 1]]
+
+
+def _crc16_hj212_bytes(data: bytes) -> int:
+    # One byte per step: the plain table form, for big-endian machines (and the tests' cross-check).
     reg = 0xFFFF
     table = _CRC_TABLE
     for b in data:
         # Table form of "reg = (reg >> 8) ^ b, then 8 shift/XOR steps".
         reg = table[((reg >> 8) ^ b) & 0xFF]
     return reg
+
+
+def _modbus_swapped(data: bytes) -> int:
+    crc = _crc16_modbus(data)
+    return ((crc & 0xFF) << 8) | (crc >> 8)
 
 
 def _crc16_modbus(data: bytes) -> int:
@@ -127,6 +163,7 @@ class RejectReason(StrEnum):
     BAD_SPLIT = "bad_split"  # PNUM/PNO inconsistent
     INCOMPLETE_SPLIT = "incomplete_split"  # some sub-packets never arrived
     SINK_ERROR = "sink_error"
+    PARSER_ERROR = "parser_error"  # the receiver itself failed on these bytes (a bug): kept to replay
 
 
 class Anomaly(StrEnum):
@@ -323,18 +360,20 @@ class Framer:
         ndig = _digits_prefix(buf, pos + 2, 4)
         if avail < 6 and ndig == avail - 2:
             return 0  # the length field itself is not complete yet
-        crlf = buf.find(_CRLF, pos + 2, pos + self.max_packet)
+        total = 0
         if ndig == 4:
             n = int(buf[pos + 2 : pos + 6])
             total = 6 + n + 4 + 2
-            if total <= self.max_packet:
-                if avail >= total and buf[pos + total - 2 : pos + total] == _CRLF:
-                    raw = bytes(buf[pos : pos + total])
-                    out.append(Frame(raw, raw[6 : 6 + n], raw[6 + n : 6 + n + 4]))
-                    return total
-                if avail < total and (crlf < 0 or not self._line_is_whole(buf, pos, crlf)):
-                    # Either nothing ends yet, or a CRLF inside the data (log text): wait.
-                    return 0
+            if total > self.max_packet:
+                total = 0  # frame on the CRLF instead
+            elif avail >= total and buf[pos + total - 2 : pos + total] == _CRLF:
+                raw = bytes(buf[pos : pos + total])
+                out.append(Frame(raw, raw[6 : 6 + n], raw[6 + n : 6 + n + 4]))
+                return total
+        crlf = buf.find(_CRLF, pos + 2, pos + self.max_packet)
+        if avail < total and (crlf < 0 or not self._line_is_whole(buf, pos, crlf)):
+            # Either nothing ends yet, or a CRLF inside the data (log text): wait.
+            return 0
         if crlf < 0:
             if avail >= self.max_packet:
                 return self._oversized(buf, pos, out)
@@ -475,7 +514,7 @@ class Packet:
     @property
     def wants_ack(self) -> bool:
         """The Flag's A bit asks for an answer (§4)."""
-        return self.flag is not None and bool(self.flag & PacketFlag.ACK)
+        return self.flag is not None and bool(self.flag & _ACK_BIT)
 
     @property
     def is_split(self) -> bool:
@@ -489,6 +528,11 @@ class Packet:
 
 
 _HEADER_KEYS = {k.upper(): k for k in ("QN", "ST", "CN", "PW", "MN", "Flag", "PNUM", "PNO")}
+_HEADER_EXACT = {k: k for k in _HEADER_KEYS.values()}
+# Plain ints for the hot path: IntFlag arithmetic builds enum members on every operation.
+_ACK_BIT = int(PacketFlag.ACK)
+_SPLIT_BIT = int(PacketFlag.SPLIT)
+_DIALECTS = {0: Dialect.HJ212_2005, 1: Dialect.HJ212_2017, 2: Dialect.HJ212_2025}
 
 _TEXT_SUFFIXES = {"Flag", "EFlag", "SampleTime", "Info", "SN"}
 _KNOWN_SUFFIXES = {
@@ -499,6 +543,7 @@ _KNOWN_SUFFIXES = {
         "Info", "SN",
     )
 }  # fmt: skip
+_SUFFIX_EXACT = {s: s for s in _KNOWN_SUFFIXES.values()}
 _KNOWN_PLAIN = {
     k.lower(): k
     for k in (
@@ -512,6 +557,7 @@ _CP_RE = re.compile(r"(?:^|[;,\s])CP\s*=", re.IGNORECASE)
 _CP_LOOSE_RE = re.compile(r"CP\s*=", re.IGNORECASE)  # "Flag=5CP=" (standard's C.19 typo)
 _HEX4_RE = re.compile(r"[0-9A-Fa-f]{4}")
 _DT_RE = re.compile(r"^(\d{14})(\d{3})?$")
+_ITEM_SEP_RE = re.compile(r"[;,]")
 
 
 def _decode(data: bytes) -> tuple[str, str, tuple[Anomaly, ...]]:
@@ -553,32 +599,44 @@ def parse_datatime(text: str, field_name: str = "DataTime") -> datetime:
     PacketError
         With reason ``BAD_DATATIME`` when the text is not a valid timestamp.
     """
-    m = _DT_RE.match(text.strip())
-    allowed = "YYYYMMDDhhmmss or YYYYMMDDhhmmsszzz, Beijing time"
-    if m is None:
-        raise PacketError(RejectReason.BAD_DATATIME, field_name, text, allowed)
-    s = m.group(1)
     try:
-        local = datetime(
-            int(s[0:4]), int(s[4:6]), int(s[6:8]), int(s[8:10]), int(s[10:12]), int(s[12:14]),
-            int(m.group(2) or 0) * 1000, tzinfo=DEVICE_TZ,
-        )  # fmt: skip
+        return _datatime(text)
     except ValueError:
-        raise PacketError(RejectReason.BAD_DATATIME, field_name, text, allowed) from None
-    return local.astimezone(UTC)
+        raise PacketError(
+            RejectReason.BAD_DATATIME, field_name, text,
+            "YYYYMMDDhhmmss or YYYYMMDDhhmmsszzz, Beijing time",
+        ) from None  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def _datatime(text: str) -> datetime:
+    # Cached: the devices of a site upload the same DataTime (the same minute or hour), and the
+    # zone conversion is the costly part. Only successes are cached (lru_cache keeps no errors).
+    m = _DT_RE.match(text.strip())
+    if m is None:
+        raise ValueError(text)
+    s = m.group(1)
+    local = datetime(
+        int(s[0:4]), int(s[4:6]), int(s[6:8]), int(s[8:10]), int(s[10:12]), int(s[12:14]),
+        int(m.group(2) or 0) * 1000, tzinfo=DEVICE_TZ,
+    )  # fmt: skip
+    try:
+        return local.astimezone(UTC)
+    except OverflowError:  # 0001-01-01 Beijing time is still year 0 in UTC
+        raise ValueError(text) from None
 
 
 def _split_items(cp: str) -> list[str]:
     """Split CP on ';' and ',' except inside ``//log text//`` (§7)."""
     if "//" not in cp:
-        return re.split(r"[;,]", cp)
+        return _ITEM_SEP_RE.split(cp)
     items: list[str] = []
     current = ""
     for i, part in enumerate(cp.split("//")):
         if i % 2:  # inside //...//: keep verbatim, delimiters included
             current += "//" + part + "//"
             continue
-        pieces = re.split(r"[;,]", part)
+        pieces = _ITEM_SEP_RE.split(part)
         current += pieces[0]
         for p in pieces[1:]:
             items.append(current)
@@ -590,15 +648,20 @@ def _split_items(cp: str) -> list[str]:
 def _header(text: str, anomalies: list[Anomaly]) -> tuple[dict[str, str], dict[str, str]]:
     header: dict[str, str] = {}
     extra: dict[str, str] = {}
-    for item in re.split(r"[;,]", text):
-        if not item.strip():
-            continue
+    for item in _ITEM_SEP_RE.split(text):
         key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            anomalies.append(Anomaly.BAD_ITEM)
+        if not eq:
+            if item.strip():
+                anomalies.append(Anomaly.BAD_ITEM)
             continue
-        canon = _HEADER_KEYS.get(key.upper())
+        # The usual spelling first; any case and padding on the slow path.
+        canon = _HEADER_EXACT.get(key)
+        if canon is None:
+            key = key.strip()
+            if not key:
+                anomalies.append(Anomaly.BAD_ITEM)
+                continue
+            canon = _HEADER_KEYS.get(key.upper())
         target = header if canon else extra
         name = canon or key
         if name in target:
@@ -632,24 +695,30 @@ def _cp_items(
 ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     plain: dict[str, str] = {}
     factors: dict[str, dict[str, str]] = {}
+    suffixes = _SUFFIX_EXACT
     for item in _split_items(cp):
-        if not item.strip():
-            continue
         key, eq, value = item.partition("=")
         key = key.strip()
-        value = value.strip()
         if not eq or not key:
-            anomalies.append(Anomaly.BAD_ITEM)
+            if item.strip():
+                anomalies.append(Anomaly.BAD_ITEM)
             continue
+        value = value.strip()
         code, dash, suffix = key.rpartition("-")
         if dash and code:
-            suffix = _KNOWN_SUFFIXES.get(suffix.strip().lower(), suffix.strip())
-            group = factors.setdefault(code.strip(), {})
-            old = group.get(suffix)
+            # The usual spelling first; any case and padding on the slow path.
+            canon = suffixes.get(suffix)
+            if canon is None:
+                suffix = suffix.strip()
+                canon = _KNOWN_SUFFIXES.get(suffix.lower(), suffix)
+            group = factors.get(code)
+            if group is None:
+                group = factors.setdefault(code.strip(), {})
+            old = group.get(canon)
             if old is not None and old != value:
                 anomalies.append(Anomaly.DUPLICATE_FIELD)
                 continue  # merge groups per factor, never overwrite (§7)
-            group[suffix] = value
+            group[canon] = value
         else:
             name = _KNOWN_PLAIN.get(key.lower(), key)
             plain.setdefault(name, value)
@@ -664,11 +733,13 @@ def _readings(
     anomalies: list[Anomaly],
 ) -> tuple[Reading, ...]:
     out = []
+    text_suffixes = _TEXT_SUFFIXES
+    isfinite = math.isfinite
     for code, group in factors.items():
         values: dict[str, float | None] = {}
         texts: dict[str, str] = {}
         for suffix, value in group.items():
-            if suffix in _TEXT_SUFFIXES:
+            if suffix in text_suffixes:
                 texts[suffix] = value
                 continue
             if value == "":
@@ -678,7 +749,7 @@ def _readings(
                 number = float(value)
             except ValueError:
                 number = math.nan
-            if math.isfinite(number):
+            if isfinite(number):
                 values[suffix] = number
             else:
                 anomalies.append(Anomaly.BAD_NUMBER)
@@ -691,15 +762,16 @@ def _readings(
 def _dialect(flag: int | None, anomalies: list[Anomaly]) -> Dialect:
     if flag is None:
         return Dialect.HJ212_2005
-    version = flag >> 2
-    known = {0: Dialect.HJ212_2005, 1: Dialect.HJ212_2017, 2: Dialect.HJ212_2025}
-    if version not in known:
+    dialect = _DIALECTS.get(flag >> 2)
+    if dialect is None:
         anomalies.append(Anomaly.UNKNOWN_VERSION)
         return Dialect.UNKNOWN
-    return known[version]
+    return dialect
 
 
-def parse_packet(frame: Frame, *, accept_modbus_swapped: bool = False) -> Packet:
+def parse_packet(
+    frame: Frame, *, accept_modbus_swapped: bool = False, received_at: datetime | None = None
+) -> Packet:
     """Check a frame's CRC and parse its data segment into a :class:`Packet`.
 
     Tolerant where the real world deviates (§12): header keys in any order and any case,
@@ -714,6 +786,9 @@ def parse_packet(frame: Frame, *, accept_modbus_swapped: bool = False) -> Packet
     accept_modbus_swapped : bool
         Also accept CRC-16/MODBUS written low byte first (some devices, §2), recorded as an
         anomaly. Meant to be enabled per device.
+    received_at : datetime or None
+        Timezone-aware receive time, when known: sets ``received_at`` and ``clock_skew`` (see
+        :func:`clock_skew`). A receiver passes it so that it need not copy every packet.
 
     Returns
     -------
@@ -725,6 +800,8 @@ def parse_packet(frame: Frame, *, accept_modbus_swapped: bool = False) -> Packet
         ``reason`` is ``NO_CRC``, ``BAD_CRC``, ``MALFORMED`` (Flag/PNUM/PNO not integers,
         PNO outside 1..PNUM) or ``BAD_DATATIME``.
     """
+    if received_at is not None and received_at.tzinfo is None:
+        raise Invalid("received_at", received_at, "a timezone-aware datetime")
     anomalies: list[Anomaly] = list(frame.anomalies)
     crc_text = frame.crc.decode("latin-1")
     if _HEX4_RE.fullmatch(crc_text) is None:
@@ -732,9 +809,7 @@ def parse_packet(frame: Frame, *, accept_modbus_swapped: bool = False) -> Packet
     sent = int(crc_text, 16)
     computed = crc16_hj212(frame.data)
     if sent != computed:
-        swapped = _crc16_modbus(frame.data)
-        swapped = ((swapped & 0xFF) << 8) | (swapped >> 8)
-        if accept_modbus_swapped and sent == swapped:
+        if accept_modbus_swapped and sent == _modbus_swapped(frame.data):
             anomalies.append(Anomaly.CRC_MODBUS_SWAPPED)
         else:
             raise PacketError(
@@ -759,7 +834,7 @@ def parse_packet(frame: Frame, *, accept_modbus_swapped: bool = False) -> Packet
         )
     if pnum is not None and pno is not None and not 1 <= pno <= pnum:
         raise PacketError(RejectReason.BAD_SPLIT, "PNO", pno, f"1..PNUM ({pnum})")
-    if flag is not None and bool(flag & PacketFlag.SPLIT) != (pnum is not None):
+    if flag is not None and bool(flag & _SPLIT_BIT) != (pnum is not None):
         anomalies.append(Anomaly.FLAG_SPLIT_MISMATCH)
     dialect = _dialect(flag, anomalies)
 
@@ -788,6 +863,8 @@ def parse_packet(frame: Frame, *, accept_modbus_swapped: bool = False) -> Packet
         encoding=encoding,
         anomalies=tuple(dict.fromkeys(anomalies)),
         extra_header=extra,
+        received_at=received_at,
+        clock_skew=None if received_at is None or data_time is None else received_at - data_time,
     )
 
 
@@ -897,6 +974,8 @@ class Reassembler:
 
     def expire(self, now: float) -> list[Incomplete]:
         """Give up on groups older than ``timeout``; also return groups evicted since last call."""
+        if not self._pending and not self._dropped:
+            return []  # the usual case, asked after every read
         out, self._dropped = self._dropped, []
         for key in [k for k, g in self._pending.items() if now - g.first_seen > self.timeout]:
             group = self._pending.pop(key)
@@ -1052,6 +1131,12 @@ def build_reply(packet: Packet) -> bytes | None:
     assert packet.flag is not None  # wants_ack implies a Flag
     version_bits = packet.flag & ~0b11
     answer = "9013" if packet.cn in _NOTIFICATIONS else "9014"
+    if packet.qn is not None and packet.pw is not None and packet.dialect is not Dialect.HJ212_2005:
+        # What build_packet below gives for these fields, without its generic field handling:
+        # one answer per accepted packet.
+        data = (f"QN={packet.qn};ST=91;CN={answer};PW={packet.pw};MN={packet.mn or ''};"
+                f"Flag={version_bits};CP=&&&&")
+        return frame_data(data.encode("utf-8"))
     if packet.dialect is Dialect.HJ212_2005:
         cp = f"QN={packet.qn}" if packet.qn else ""
         return build_packet(

@@ -526,8 +526,9 @@ def _is_pg(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _finite(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
+def _is_finite(v: Any) -> bool:
+    # What may be stored as a number: anything but a float infinity or NaN (stored as null).
+    return not isinstance(v, float) or math.isfinite(v)
 
 
 _HEADLINE = {"2011": ("Rtd", "ZsRtd"), "2051": ("Avg", "ZsAvg"), "2061": ("Avg", "ZsAvg"),
@@ -557,8 +558,15 @@ def _quarantine_row(raw: bytes, reason: str, received_at: datetime, peer: str, m
         if i >= 0:
             j = min((k for k in (raw.find(b";", i), raw.find(b"&", i)) if k > 0), default=i + 43)
             mn = raw[i + 3:j].decode("utf-8", "replace")[:40] or None
+    # The raw bytes are kept verbatim; the text columns must not hold NUL, which PostgreSQL refuses
+    # (the whole row, and with it the bytes, would be lost) and which means nothing in them anyway.
+    reason, peer = _no_nul(reason), _no_nul(peer)
     return {"received_at": received_at, "peer": peer[:80], "reason": reason, "kind": _reason_kind(reason),
-            "mn": mn, "size": len(raw), "raw": raw}
+            "mn": None if mn is None else _no_nul(mn), "size": len(raw), "raw": raw}
+
+
+def _no_nul(text: str) -> str:
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 # ------------------------------------------------------------------- set-based statements
@@ -665,7 +673,8 @@ def _load_points(session: Session, pg: bool, mns: Sequence[str]) -> dict[str, _P
             .select_from(cast(Table, pt.__table__).outerjoin(_RUNS, runs.mn == pt.mn))
             .where(sql_text(_mn_in(pg, f"{pt.__tablename__}.mn")).bindparams(mns=_mns_param(pg, mns))))
     out: dict[str, _Point] = {}
-    for mn, active, limits, missing_open, *run in session.execute(stmt).all():
+    # Core, not the ORM: plain rows are all this needs, without the ORM's result layers.
+    for mn, active, limits, missing_open, *run in session.connection().execute(stmt).all():
         point = out.get(mn)
         if point is None:
             point = out[mn] = _Point(bool(active), limits or "{}", bool(missing_open), {})
@@ -737,7 +746,7 @@ def store_batch(session: Session, items: Sequence[IngestItem], *, now: datetime,
                 pk.raw, f"unknown_mn: MN={mn!r} is not a registered monitoring point "
                         "(import it with `leadgrid monitoring import`)", a.received_at, a.peer, mn or None))
             continue
-        if any((r.data_time or pk.data_time) is None for r in pk.readings):
+        if pk.data_time is None and any(r.data_time is None for r in pk.readings):
             quarantine.append(_quarantine_row(pk.raw, "bad_datatime: data without a DataTime cannot be "
                                               "stored idempotently", a.received_at, a.peer, mn))
             continue
@@ -753,10 +762,13 @@ def store_batch(session: Session, items: Sequence[IngestItem], *, now: datetime,
             if key in rows:
                 res.readings_duplicate += 1  # retransmitted within the same batch
                 continue
-            values = {k: _finite(v) for k, v in r.values.items()}
-            fields: dict[str, Any] = dict(values)
+            values = dict(r.values)
+            for k, v in values.items():
+                if v is not None and not _is_finite(v):
+                    values[k] = None
+            fields: dict[str, Any] = values  # serialised below, never changed
             if r.texts:
-                fields["texts"] = dict(r.texts)
+                fields = {**values, "texts": dict(r.texts)}
             flag = (r.flag or None) and r.flag[:4]
             rows[key] = [mn, cn, key[2], pollutant, _headline(cn, values), fields, flag, received, skew]
             news[key] = _NewReading(mn, cn, dt, pollutant, values, flag)
@@ -772,7 +784,7 @@ def store_batch(session: Session, items: Sequence[IngestItem], *, now: datetime,
             link["data_time"], link["skew"] = pk.data_time, skew
     conn = session.connection()
     if quarantine:
-        conn.execute(insert(_QUARANTINE), quarantine)
+        _insert_quarantine(conn, pg, stamp, quarantine)
         res.quarantined = len(quarantine)
     new_keys: list[_Key] = []
     if rows:
@@ -794,6 +806,26 @@ def store_batch(session: Session, items: Sequence[IngestItem], *, now: datetime,
         fresh = [news[k] for k in new_keys if k in news]
         _exceedance(session, pg, stamp, fresh, points, now=now, actor=actor, res=res)
     return res
+
+
+_QUARANTINE_COLS: _Cols = (("received_at", "timestamptz"), ("peer", "varchar"), ("reason", "text"),
+                           ("kind", "varchar"), ("mn", "varchar"), ("size", "int4"), ("raw", "bytea"))
+
+
+def _insert_quarantine(conn: Any, pg: bool, stamp: _Stamps, rows: list[dict[str, Any]]) -> None:
+    if not pg:
+        # sqlite3's executemany is one C loop over a prepared statement: nothing to gain.
+        conn.execute(insert(_QUARANTINE), rows)
+        return
+    # psycopg would send one statement per row (pipelined); one statement for all, as for the
+    # readings. The raw bytes travel as hex, which JSON can carry.
+    picks = ", ".join(f"decode(r->>{i}, 'hex')" if t == "bytea" else f"CAST(r->>{i} AS {t})"
+                      for i, (_, t) in enumerate(_QUARANTINE_COLS))
+    sql = (f"INSERT INTO {_QUARANTINE.name} ({_names(_QUARANTINE_COLS)}) "
+           f"SELECT {picks} FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r")
+    conn.execute(sql_text(sql), _rows_params([
+        [stamp(q["received_at"]), q["peer"], q["reason"], q["kind"], q["mn"], q["size"], q["raw"].hex()]
+        for q in rows]))
 
 
 def _upsert_links(session: Session, pg: bool, rows: list[tuple[Any, ...]]) -> None:

@@ -268,3 +268,80 @@ def test_packets_of_one_read_reach_the_sink_together_and_in_order() -> None:
     assert run(scenario) == [expected_ack("R", i) for i in range(3)]
     assert sink.most_waiting == 3
     assert [p.qn for p in sink.packets] == [f"20240101120000{i:03d}" for i in range(3)]
+
+
+def test_idle_timeout_counts_only_silence_in_one_read() -> None:
+    # The idle timer is armed once per connection, not per read: a peer that keeps sending
+    # more often than the timeout, or waits on a slow sink for longer than it, stays
+    # connected; one that falls silent is closed after about the timeout.
+    class SlowSink(InMemorySink):
+        async def accept(self, packet: Packet, received_at: datetime, peer: str) -> None:
+            await asyncio.sleep(0.6)  # a commit slower than the idle timeout
+            await super().accept(packet, received_at, peer)
+
+    sink = SlowSink()
+
+    async def scenario() -> tuple[list[bytes], float]:
+        server = await start_hj212_server("127.0.0.1", 0, sink, idle_timeout=0.4)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            acks = []
+            for i in range(4):
+                wire = minute_packet("IDLE", i)
+                writer.write(wire[:40])  # drip: each read alone comes well within the timeout
+                await asyncio.sleep(0.25)
+                writer.write(wire[40:])
+                acks.append(await read_ack(reader))
+            silent_from = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), 2.0) == b""  # closed by the server
+            silence = time.monotonic() - silent_from
+            writer.close()
+            await writer.wait_closed()
+            return acks, silence
+
+    acks, silence = run(scenario)
+    assert acks == [expected_ack("IDLE", i) for i in range(4)]
+    assert 0.35 < silence < 1.2, silence
+
+
+def test_server_shutdown_still_cancels_a_connection_waiting_in_read() -> None:
+    sink = InMemorySink()
+
+    async def scenario() -> bool:
+        server = await start_hj212_server("127.0.0.1", 0, sink, idle_timeout=30.0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(minute_packet("C", 0))
+        await read_ack(reader)
+        handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in handlers:
+            t.cancel()
+        done, _ = await asyncio.wait(handlers, timeout=2.0)
+        server.close()
+        writer.close()
+        return len(done) == len(handlers) and all(t.cancelled() for t in done)
+
+    assert run(scenario)
+    assert len(sink.packets) == 1
+
+
+def test_a_parser_bug_quarantines_that_frame_and_spares_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected exception in parsing (a receiver bug, not bad input) loses no bytes."""
+    import api.hj212_server as server_mod
+
+    real = server_mod.parse_packet
+
+    def flaky(frame: Any, **kw: Any) -> Packet:
+        if b"MN=BUG;" in frame.raw:
+            raise RuntimeError("simulated parser bug")
+        return real(frame, **kw)
+
+    monkeypatch.setattr(server_mod, "parse_packet", flaky)
+    sink = InMemorySink()
+    body = minute_packet("BUG", 0) + minute_packet("OK", 1)
+    replies = asyncio.run(handle_http_payload(body, sink, "http:x"))
+    assert replies == [expected_ack("OK", 1)]
+    assert [p.mn for p in sink.packets] == ["OK"]
+    assert [q.reason.split(":")[0] for q in sink.quarantined] == ["parser_error"]
+    assert sink.quarantined[0].raw == minute_packet("BUG", 0)

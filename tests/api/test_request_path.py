@@ -99,8 +99,8 @@ def test_more_requests_than_turns_all_finish(api: Api, n: int) -> None:
 
         def one(i: int) -> int:
             return c.post("/leads", headers=h, json={
-                "channel": "12345", "category": "catering_fumes", "external_id": f"turn-{i}", "reported_at": "2026-05-01T09:00:00+08:00",
-                "lon": 117.2, "lat": 34.2}).status_code
+                "channel": "12345", "category": "catering_fumes", "external_id": f"turn-{i}",
+                "reported_at": "2026-05-01T09:00:00+08:00", "lon": 117.2, "lat": 34.2}).status_code
 
         with concurrent.futures.ThreadPoolExecutor(n) as ex:
             codes = list(ex.map(one, range(n)))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import layers.hj212 as hj212
 from layers.hj212 import (
     Anomaly,
     DataFlag,
@@ -111,6 +113,53 @@ def test_crc_table_matches_the_standard_loop_and_low_byte_set(data: bytes) -> No
     crc = crc16_hj212(data)
     assert crc == reference_crc(data)
     assert crc & 0xFF in {0x00, 0x01, 0x40, 0x41, 0x80, 0x81, 0xC0, 0xC1}
+
+
+def test_crc_two_bytes_per_step_is_exact_for_every_length_and_buffer_type() -> None:
+    # The fast form steps over byte pairs: odd and even lengths, and the last byte, take
+    # different paths. Cross-check each length against the standard's loop, and the byte-wise
+    # table form kept for big-endian machines.
+    data = bytes(range(256)) * 2
+    for n in range(len(data) + 1):
+        chunk = data[:n]
+        expected = reference_crc(chunk)
+        assert crc16_hj212(chunk) == expected, n
+        assert hj212._crc16_hj212_bytes(chunk) == expected, n
+    assert crc16_hj212(b"") == 0xFFFF
+    assert crc16_hj212(bytearray(APPENDIX_A)) == crc16_hj212(memoryview(APPENDIX_A)) == 0x1C80
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    calls: list[int] = []
+    real = getattr(hj212, name)
+
+    def counting(data: bytes) -> Any:
+        calls.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(hj212, name, counting)
+    return calls
+
+
+def test_crc_checked_exactly_once_per_packet_and_bad_crcs_still_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    crc_calls = _count_calls(monkeypatch, "crc16_hj212")
+    modbus_calls = _count_calls(monkeypatch, "_crc16_modbus")
+    good = frame_data(MINUTE_2017)
+    bad = good[:-6] + b"%04X\r\n" % (crc16_hj212(MINUTE_2017) ^ 0x0100)
+    crc_calls.clear()  # frame_data and the line above computed theirs
+    frames = Framer().feed(good + bad)
+    assert crc_calls == []  # the framer trusts a consistent length field: no CRC of its own
+    parse_packet(frames[0])  # type: ignore[arg-type]
+    assert crc_calls == [len(MINUTE_2017)]
+    with pytest.raises(PacketError) as err:
+        parse_packet(frames[1])  # type: ignore[arg-type]
+    assert err.value.reason is RejectReason.BAD_CRC
+    assert crc_calls == [len(MINUTE_2017)] * 2
+    # The MODBUS variant is only tried for devices allowed to send it.
+    assert modbus_calls == []
+    with pytest.raises(PacketError):
+        parse_packet(frames[1], accept_modbus_swapped=True)  # type: ignore[arg-type]
+    assert modbus_calls == [len(MINUTE_2017)]
 
 
 def test_frame_data_reproduces_the_documented_9014() -> None:
@@ -402,6 +451,46 @@ def test_duplicate_factor_groups_merge_without_overwriting() -> None:
     assert Anomaly.DUPLICATE_FIELD in p.anomalies
 
 
+def test_receive_time_given_to_the_parser_fills_in_clock_skew() -> None:
+    frame = one(Framer().feed(frame_data(MINUTE_2017)))
+    received = datetime(2016, 8, 1, 0, 52, 30, tzinfo=UTC)
+    p = parse_packet(frame, received_at=received)
+    assert p.received_at == received
+    assert p.clock_skew == clock_skew(p, received) == timedelta(minutes=12, seconds=30)
+    bare = parse_packet(frame)
+    assert (bare.received_at, bare.clock_skew) == (None, None)
+    no_time = parse_packet(one(Framer().feed(frame_data(APPENDIX_A))), received_at=received)
+    assert (no_time.received_at, no_time.clock_skew) == (received, None)
+    with pytest.raises(ValueError, match="received_at"):
+        parse_packet(frame, received_at=datetime(2016, 8, 1))
+
+
+def test_datatime_parsing_is_cached_but_errors_are_not() -> None:
+    seg = b"QN=1;ST=32;CN=2011;PW=1;MN=X;Flag=4;CP=&&DataTime=20160801084000;a21026-Rtd=1&&"
+    first = parse_packet(one(Framer().feed(frame_data(seg))))
+    again = parse_packet(one(Framer().feed(frame_data(seg))))
+    assert first.data_time == again.data_time == datetime(2016, 8, 1, 0, 40, tzinfo=UTC)
+    for wrong in (b"20160801086000", b"00010101000000"):  # minute 60; a UTC time before year 1
+        bad = seg.replace(b"20160801084000", wrong)
+        for _ in range(2):  # a failure is not remembered as a value
+            with pytest.raises(PacketError) as err:
+                parse_packet(one(Framer().feed(frame_data(bad))))
+            assert err.value.reason is RejectReason.BAD_DATATIME
+    with pytest.raises(PacketError, match="SystemTime"):
+        hj212.parse_datatime("2016", "SystemTime")
+
+
+def test_padded_and_recased_suffixes_and_factor_codes_join_their_group() -> None:
+    seg = (
+        b"QN=1;ST=32;CN=2011;PW=1;MN=X;Flag=4;CP=&&DataTime=20160801084000;"
+        b"a21026-Rtd=1,a21026 - ZSRTD =2, a21026-flag=N;a21026 -Avg=3&&"
+    )
+    (r,) = parse_packet(one(Framer().feed(frame_data(seg)))).readings
+    assert r.pollutant == "a21026"
+    assert r.values == {"Rtd": 1.0, "ZsRtd": 2.0, "Avg": 3.0}
+    assert r.flag == "N"
+
+
 def test_clock_skew() -> None:
     p = parse_packet(one(Framer().feed(frame_data(MINUTE_2017))))
     received = datetime(2016, 8, 1, 0, 52, 30, tzinfo=UTC)
@@ -436,6 +525,14 @@ def test_9013_for_time_calibration_and_none_for_answers() -> None:
     )
     answer = seg.replace(b"CN=1013", b"CN=9011")
     assert build_reply(parse_packet(one(Framer().feed(frame_data(answer))))) is None
+
+
+@pytest.mark.parametrize("qn", ["20160801085857223", None])
+@pytest.mark.parametrize("pw", ["123456", None])
+@pytest.mark.parametrize("flag", [5, 7, 9])
+def test_reply_is_what_build_packet_gives(qn: str | None, pw: str | None, flag: int) -> None:
+    p = parse_packet(one(Framer().feed(build_packet(cn="2051", mn="M-1", qn=qn, pw=pw, flag=flag, cp="a-Rtd=1"))))
+    assert build_reply(p) == build_packet(cn="9014", mn="M-1", st="91", qn=qn, pw=pw, flag=flag & ~3)
 
 
 def test_2005_reply_carries_qn_inside_cp() -> None:

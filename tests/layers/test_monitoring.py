@@ -193,6 +193,26 @@ def test_unknown_mn_and_dropped_bytes_are_quarantined_with_raw_bytes(seeded: Db)
     assert count(seeded, MonitoringReading) == 0
 
 
+def test_quarantine_keeps_binary_junk_verbatim_even_with_nul_in_its_text(seeded: Db) -> None:
+    # Several rows in one statement; raw bytes of every value 0-255 come back exactly. NUL in the
+    # text columns (reason, the MN guessed from the bytes, peer) would make PostgreSQL refuse the
+    # row and so lose the bytes: it is replaced there, and only there.
+    at = T0 + timedelta(minutes=1)
+    junk = [bytes(range(256)), b"\x16\x03\x01##0100MN=\x00\xff\xfeAB;CP=&&\x00&&1234\r\n", b""]
+    items: list[monitoring.IngestItem] = [
+        monitoring.Dropped(raw, f"junk: sample {k}\x00", at, f"10.0.0.{k}:1\x00") for k, raw in enumerate(junk)]
+    res = monitoring.store_items(seeded.sessions, items, now=at)
+    assert res.quarantined == 3
+    with seeded.uow() as s:
+        rows = list(s.scalars(select(MonitoringQuarantine).order_by(MonitoringQuarantine.id)))
+    assert [q.raw for q in rows] == junk
+    assert [q.size for q in rows] == [len(j) for j in junk]
+    assert [q.reason for q in rows] == [f"junk: sample {k}\ufffd" for k in range(3)]
+    assert [q.peer for q in rows] == [f"10.0.0.{k}:1\ufffd" for k in range(3)]
+    assert rows[1].mn == "\ufffd\ufffd\ufffdAB" and rows[0].mn is None
+    assert {q.kind for q in rows} == {"junk"} and all(q.received_at == at for q in rows)
+
+
 def lead_of(db: Db, kind: str = "exceedance") -> tuple[MonitoringEpisode, Lead]:
     with db.uow() as s:
         eps = list(s.scalars(select(MonitoringEpisode).where(MonitoringEpisode.kind == kind)))

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from layers.errors import Invalid
-from layers.exceedance import EventKind, Period, Rule, RunState, Sample, evaluate, parse_limits, pick_value
+from layers.exceedance import (
+    EpisodeEvent,
+    EventKind,
+    Period,
+    Rule,
+    RunState,
+    Sample,
+    evaluate,
+    parse_limits,
+    pick_value,
+)
 
 T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
 RULE = Rule("a34001", limit=100.0, unit="ug/m3", period=Period.minute, consecutive=3)
@@ -90,3 +104,40 @@ def test_parse_limits_and_its_errors() -> None:
         parse_limits({"a": {"limit": "lots"}})
     with pytest.raises(Invalid, match="consecutive"):
         parse_limits({"a": {"limit": 1, "consecutive": 0}})
+
+
+@given(
+    values=st.lists(st.one_of(st.none(), st.sampled_from([0.0, 50.0, 100.0, 100.5, 300.0])), max_size=40),
+    flags=st.lists(st.sampled_from([None, "N", "N", "D", "T"]), min_size=40, max_size=40),
+    cuts=st.sets(st.integers(min_value=1, max_value=39), max_size=6),
+    consecutive=st.integers(min_value=1, max_value=4),
+)
+@settings(max_examples=300, deadline=None)
+def test_batching_changes_neither_the_state_nor_the_episodes(
+    values: list[float | None], flags: list[str | None], cuts: set[int], consecutive: int
+) -> None:
+    # The receiver cuts the stream into batches wherever its commits fall: the state reached and
+    # the episodes opened and closed must not depend on where.
+    rule = Rule("a34001", limit=100.0, period=Period.minute, consecutive=consecutive)
+    samples = series(values, flags[: len(values)])
+    whole_state, whole_events = evaluate(rule, RunState(), samples)
+    state, events = RunState(), []
+    bounds = [0, *sorted(c for c in cuts if c < len(samples)), len(samples)]
+    for a, b in itertools.pairwise(bounds):
+        state, batch_events = evaluate(rule, state, samples[a:b])
+        events += batch_events
+    assert state == whole_state
+
+    def episodes(evs: list[EpisodeEvent]) -> list[tuple[Any, ...]]:
+        # Per episode: its start and, once closed, its end and figures.
+        out: dict[datetime, tuple[Any, ...]] = {}
+        for e in evs:
+            out[e.start] = (e.start, e.end, e.max_value, e.count, e.last) if e.kind is EventKind.closed else (e.start,)
+        return list(out.values())
+
+    assert episodes(events) == episodes(whole_events)
+    if whole_state.episode_open:  # the open one carries the same running figures either way
+        last = events[-1]
+        assert (last.start, last.max_value, last.count, last.last) == (
+            whole_state.episode_start, whole_state.episode_max, whole_state.episode_count,
+            whole_state.episode_last)
