@@ -89,6 +89,7 @@ from layers.workflow.store import (
     WfEvidence,
     WfExtension,
     WfKpiDaily,
+    WfNodeOtherBodyDaily,
     WfNotice,
 )
 from layers.workflow.warnings import Escalation, escalation_step
@@ -1123,10 +1124,11 @@ def trail(session: Session, p: Principal, ref: str) -> dict[str, Any]:
 #
 # Everything reads the narrow ``wf_cases`` rows alone: they carry copies of the lead columns the
 # queries filter and group on (status, closure, receipt, jurisdiction, body — kept equal to the
-# lead by a trigger) and per-node sums of finished clocks (kept by a trigger on the clocks). The
-# only rows read elsewhere are the clocks of cases that moved between bodies (``body_changes >
-# 0``, partial index), whose returns, dispatches and node times belong to several bodies, and
-# clocks without a body (intake before dispatch).
+# lead by a trigger) and per-node sums of finished clocks (kept by a trigger on the clocks), or
+# their daily rollups. The only rows read elsewhere are the sign clocks of cases that moved
+# between bodies (``body_changes > 0``, partial index), whose returns and dispatches belong to
+# several bodies, and clocks without a body (intake before dispatch). Node times of clocks that
+# ran with another body than their case's have their own daily rollup.
 
 GROUPS = {"body": WfCase.body_code, "county": WfCase.county_code,
           "township": WfCase.township_code}
@@ -1210,11 +1212,12 @@ def _rollup_group(by: str) -> Any:
     return getattr(WfKpiDaily, f"{by}_code")
 
 
-def _rollup_window(q: Any, since: datetime | None, until: datetime | None) -> Any:
+def _rollup_window(q: Any, since: datetime | None, until: datetime | None, *,
+                   table: Any = WfKpiDaily) -> Any:
     if since is not None:
-        q = q.where(WfKpiDaily.day >= since.astimezone(UTC).date())
+        q = q.where(table.day >= since.astimezone(UTC).date())
     if until is not None:
-        q = q.where(WfKpiDaily.day < until.astimezone(UTC).date())
+        q = q.where(table.day < until.astimezone(UTC).date())
     return q
 
 
@@ -1394,62 +1397,93 @@ def node_hours(
 ) -> list[dict[str, Any]]:
     """Mean and count of finished node durations (hours) per group and node, in SQL.
 
-    By body, a clock counts for the body it ran with. The per-case sums on ``wf_cases`` cover
-    clocks with a body; cases that moved between bodies (by body) and clocks without a body
-    (intake before dispatch) are read from the clocks.
+    By body, a clock counts for the body it ran with; otherwise for its case's county or
+    township. ``since``/``until`` filter on the case's receipt time.
+
+    Parameters
+    ----------
+    session
+        Any session (read only).
+    p
+        The reader; scope applies to the case (its current place and body).
+    by
+        ``body``, ``county`` or ``township``.
+    since, until
+        Receipt-time window.
+
+    Returns
+    -------
+    list of dict
+        ``group``, ``node``, ``n`` (finished clocks) and ``mean_hours`` per group and node with
+        at least one finished clock.
     """
     g = _group_col(by)
     _analytic(session)
-    own = WfCase.body_changes == 0 if by == "body" else literal(True)
-    q = (
-        select(g.label("g"), *[
-            func.sum(case((own, getattr(WfCase, f"{pre}_{n.value}")), else_=0)).label(f"{pre}_{n.value}")
-            for n in NODE_STATS for pre in ("n", "s")])
-        .where(_case_scope(p)).group_by(g)
-    )
-    days, edges = _split_window(since, until)
-    results: list[Any] = []
-    if days is None:
-        results.append(session.execute(_window(q, since, until)))
-    else:
-        # The daily rollup holds the sums of all cases, and apart those of cases that moved;
-        # the partial days at the edges come from the per-case scan.
-        rg = _rollup_group(by)
-        rq = _rollup_window(select(rg.label("g"), *[
-            (func.sum(getattr(WfKpiDaily, f"{pre}_{n.value}"))
-             - (func.sum(getattr(WfKpiDaily, f"m{pre}_{n.value}")) if by == "body" else 0))
-            .label(f"{pre}_{n.value}") for n in NODE_STATS for pre in ("n", "s")])
-            .where(scope_clause(p, WfKpiDaily)).group_by(rg), *days)
-        results.append(session.execute(rq))
-        results += [session.execute(_window(q, lo, hi)) for lo, hi in edges]
     acc: dict[tuple[Any, str], list[float]] = {}
+
+    def add(key: Any, node: str, n: Any, secs: Any, sign: int = 1) -> None:
+        a = acc.setdefault((key or None, node), [0, 0.0])
+        a[0] += sign * int(n or 0)
+        a[1] += sign * float(secs or 0.0)
+
+    # The per-case sums of finished clocks with a body, under the case's group: whole UTC days
+    # from the daily rollup, the partial days at the edges (or a window inside one day) case by
+    # case.
+    days, edges = _split_window(since, until)
+    scans = [(since, until)] if days is None else edges
+    q = (select(g.label("g"), *[func.sum(getattr(WfCase, f"{pre}_{n.value}")).label(f"{pre}_{n.value}")
+                                for n in NODE_STATS for pre in ("n", "s")])
+         .where(_case_scope(p)).group_by(g))
+    results: list[Any] = [session.execute(_window(q, lo, hi)) for lo, hi in scans]
+    if days is not None:
+        rg = _rollup_group(by)
+        results.append(session.execute(_rollup_window(select(rg.label("g"), *[
+            func.sum(getattr(WfKpiDaily, f"{pre}_{n.value}")).label(f"{pre}_{n.value}")
+            for n in NODE_STATS for pre in ("n", "s")])
+            .where(scope_clause(p, WfKpiDaily)).group_by(rg), *days)))
     for r in (row for res in results for row in res):
         for n in NODE_STATS:
-            cnt = int(getattr(r, f"n_{n.value}") or 0)
-            if cnt:
-                a = acc.setdefault((r.g or None, n.value), [0, 0.0])
-                a[0] += cnt
-                a[1] += float(getattr(r, f"s_{n.value}") or 0.0)
+            add(r.g, n.value, getattr(r, f"n_{n.value}"), getattr(r, f"s_{n.value}"))
     secs = cast(_seconds(session, WfClock.stopped_at, WfClock.started_at), Float)
-    cg = WfClock.body_code if by == "body" else g
-    # Clocks without a body (partial index), and by body every clock of the cases that moved.
-    parts = [and_(WfClock.body_code.is_(None), own)]
     if by == "body":
-        parts.append(WfCase.body_changes > 0)
-    for extra in parts:
-        rq = (
-            select(cg.label("g"), WfClock.node, func.count().label("n"), func.sum(secs).label("s"))
-            .join(WfCase, WfCase.lead_id == WfClock.lead_id)
-            .where(WfClock.stopped_at.is_not(None), extra, _case_scope(p))
-            .group_by(cg, WfClock.node)
-        )
-        for r in session.execute(_window(rq, since, until)):
-            a = acc.setdefault((r.g, r.node), [0, 0.0])
-            a[0] += int(r.n)
-            a[1] += float(r.s or 0.0)
+        # Clocks that ran with another body than their case's current one (the case moved):
+        # the case's sums above hold them, the clock's body gets them. Whole days from their
+        # daily rollup, the edges from the clocks of the cases received then.
+        ob = WfNodeOtherBodyDaily
+        other: list[Any] = []
+        if days is not None:
+            other.append(session.execute(_rollup_window(
+                select(ob.body_code.label("case_body"), ob.clock_body_code.label("clock_body"),
+                       ob.node, func.sum(ob.n).label("n"), func.sum(ob.s).label("s"))
+                .where(scope_clause(p, ob)).group_by(ob.body_code, ob.clock_body_code, ob.node),
+                *days, table=ob)))
+        for lo, hi in scans:
+            oq = (
+                select(WfCase.body_code.label("case_body"), WfClock.body_code.label("clock_body"),
+                       WfClock.node, func.count().label("n"), func.sum(secs).label("s"))
+                .join(WfClock, WfClock.lead_id == WfCase.lead_id)
+                .where(WfClock.stopped_at.is_not(None), WfClock.body_code.is_not(None),
+                       WfClock.node.in_([n.value for n in NODE_STATS]),
+                       WfClock.body_code != func.coalesce(WfCase.body_code, ""), _case_scope(p))
+                .group_by(WfCase.body_code, WfClock.body_code, WfClock.node)
+            )
+            other.append(session.execute(_window(oq, lo, hi)))
+        for r in (row for res in other for row in res):
+            add(r.case_body, r.node, r.n, r.s, sign=-1)
+            add(r.clock_body, r.node, r.n, r.s)
+    # Clocks without a body (intake before dispatch; partial index), under the case's group.
+    cg = WfClock.body_code if by == "body" else g
+    bq = (
+        select(cg.label("g"), WfClock.node, func.count().label("n"), func.sum(secs).label("s"))
+        .join(WfCase, WfCase.lead_id == WfClock.lead_id)
+        .where(WfClock.stopped_at.is_not(None), WfClock.body_code.is_(None), _case_scope(p))
+        .group_by(cg, WfClock.node)
+    )
+    for r in session.execute(_window(bq, since, until)):
+        add(r.g, r.node, r.n, r.s)
     return [{"group": key[0], "node": key[1], "n": int(a[0]),
-             "mean_hours": round(a[1] / a[0] / 3600.0, 2) if a[0] else None}
-            for key, a in acc.items()]
+             "mean_hours": round(a[1] / a[0] / 3600.0, 2)}
+            for key, a in acc.items() if a[0] > 0]
 
 
 # ---------------------------------------------------------------------------------- oversight

@@ -16,6 +16,8 @@ time and the optimistic-lock ``row_version``; these tables hold the rest:
   and complainant feedback notes.
 * :class:`WfExtension` — extension requests and their decisions (延期).
 * :class:`WfKpiDaily` — the daily rollup of the KPI counters (trigger-maintained, migration 0004).
+* :class:`WfNodeOtherBodyDaily` — the daily rollup of clocks that ran with another body than their
+  case's (trigger-maintained, migration 0006).
 
 The tamper-evident trail is the audit chain (:mod:`layers.audit`, entity ``lead``).
 """
@@ -189,10 +191,11 @@ class WfKpiDaily(Base):
     the key is unique on both backends). Each case contributes its time-independent KPI flags
     (merged cases nothing), its dispatches and returns, and its finished-node sums; ``m_*`` repeat
     the parts of cases that moved between bodies (``body_changes > 0``), whose by-body attribution
-    is read from their clocks instead. Triggers on ``wf_cases`` (statement-level with transition
-    tables on PostGIS, row-level on SpatiaLite) add each change's difference, so the KPIs over a
-    million cases read a few thousand rows. What depends on "now" (unsigned or open and overdue)
-    is read from the open cases.
+    is read from their clocks instead (dispatches and returns; the ``mn_*``/``ms_*`` node sums are
+    no longer read: node times by body use :class:`WfNodeOtherBodyDaily`). Triggers on
+    ``wf_cases`` (statement-level with transition tables on PostGIS, row-level on SpatiaLite) add
+    each change's difference, so the KPIs over a million cases read a few thousand rows. What
+    depends on "now" (unsigned or open and overdue) is read from the open cases.
     """
 
     __tablename__ = "wf_kpi_daily"
@@ -211,6 +214,30 @@ for _n in STAT_NODES:
     for _pre, _type in (("n", Integer), ("s", Float), ("mn", Integer), ("ms", Float)):
         setattr(WfKpiDaily, f"{_pre}_{_n}", mapped_column(f"{_pre}_{_n}", _type, nullable=False,
                                                           default=0, server_default=text("0")))
+
+
+class WfNodeOtherBodyDaily(Base):
+    """Daily rollup of the finished node clocks that ran with another body than their case's.
+
+    One row per receipt day (UTC) × city × county × township × case body (``''`` for none) ×
+    clock body × node: the count and total seconds of the case's finished clocks whose body
+    differs from the case's current body (a case returned and re-dispatched, or moved by a
+    direct write of the lead). Time per node by body takes these from the case's body (whose
+    per-case sums hold them) and gives them to the clock's. Kept by triggers on ``wf_cases`` and
+    ``wf_clocks`` (migration 0006).
+    """
+
+    __tablename__ = "wf_node_other_body_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    city_code: Mapped[str] = mapped_column(String(20), primary_key=True)
+    county_code: Mapped[str] = mapped_column(String(20), primary_key=True)
+    township_code: Mapped[str] = mapped_column(String(20), primary_key=True)
+    body_code: Mapped[str] = mapped_column(String(40), primary_key=True)
+    clock_body_code: Mapped[str] = mapped_column(String(40), primary_key=True)
+    node: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    s: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
 
 
 class WfClock(Base):
@@ -380,5 +407,6 @@ __all__ = [
     "WfEvidence",
     "WfExtension",
     "WfKpiDaily",
+    "WfNodeOtherBodyDaily",
     "WfNotice",
 ]

@@ -9,16 +9,16 @@ straight from ``leads`` and ``wf_clocks`` (the join-based queries the copies rep
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Float, and_, case, cast, func, select, update
+from sqlalchemy import Float, and_, case, cast, delete, func, insert, select, update
 
 from layers.models import Lead
 from layers.workflow import service as wf
 from layers.workflow.states import Node
-from layers.workflow.store import WfCase, WfClock, WfKpiDaily
+from layers.workflow.store import WfCase, WfClock, WfKpiDaily, WfNodeOtherBodyDaily
 from tests.conftest import NOW, Db
 from tests.layers.workflow.test_workflow_service import (
     DISPATCHER,
@@ -89,14 +89,16 @@ def assert_in_sync(db: Db) -> None:
                 assert getattr(c, f"s_{n.value}") == pytest.approx(want[1], abs=1e-3), (c.lead_id, n)
 
 
-def reference_node_hours(s: Any, by: str) -> dict[tuple[Any, str], tuple[int, float]]:
+def reference_node_hours(s: Any, by: str, since: datetime | None = None,
+                         until: datetime | None = None) -> dict[tuple[Any, str], tuple[int, float]]:
     """Time per node the way it was computed before the copies: every clock, joined to its lead."""
     g = WfClock.body_code if by == "body" else getattr(Lead, f"{by}_code")
     secs = cast(wf._seconds(s, WfClock.stopped_at, WfClock.started_at), Float)
+    win = ([Lead.received_at >= since] if since else []) + ([Lead.received_at < until] if until else [])
     rows = s.execute(select(g.label("g"), WfClock.node, func.count().label("n"),
                             func.avg(secs).label("m"))
                      .join(Lead, Lead.id == WfClock.lead_id)
-                     .where(WfClock.stopped_at.is_not(None)).group_by(g, WfClock.node))
+                     .where(WfClock.stopped_at.is_not(None), *win).group_by(g, WfClock.node))
     return {(r.g, r.node): (int(r.n), round(float(r.m) / 3600.0, 2)) for r in rows}
 
 
@@ -205,3 +207,89 @@ def test_daily_rollup_equals_the_per_case_scan(seeded: Db, by: str) -> None:
         assert not diff
     assert hours[0] == hours[1] == hours[2] == hours[3] and hours[0]
     assert n_rows and n_rows < 10  # one row per day × place × body, not per case
+
+
+def reference_other_body(s: Any) -> dict[tuple[Any, ...], tuple[int, float]]:
+    """``wf_node_other_body_daily`` recomputed from the cases and clocks as they are now."""
+    secs = cast(wf._seconds(s, WfClock.stopped_at, WfClock.started_at), Float)
+    rows = s.execute(
+        select(WfCase.lead_received_at, WfCase.city_code, WfCase.county_code, WfCase.township_code,
+               WfCase.body_code, WfClock.body_code.label("clock_body"), WfClock.node,
+               secs.label("s"))
+        .join(WfClock, WfClock.lead_id == WfCase.lead_id)
+        .where(WfClock.stopped_at.is_not(None), WfClock.body_code.is_not(None),
+               WfCase.lead_received_at.is_not(None)))
+    out: dict[tuple[Any, ...], tuple[int, float]] = {}
+    for r in rows:
+        if r.clock_body == (r.body_code or ""):
+            continue
+        key = (r.lead_received_at.astimezone(UTC).date(), r.city_code or "", r.county_code or "",
+               r.township_code or "", r.body_code or "", r.clock_body, r.node)
+        n, total = out.get(key, (0, 0.0))
+        out[key] = (n + 1, total + float(r.s))
+    return out
+
+
+def assert_other_body_rollup(db: Db, *, hours: bool = True) -> dict[tuple[Any, ...], tuple[int, float]]:
+    """The trigger-kept rollup equals its recomputation; node times by body (unless ``hours`` is
+    false: a lead without its case) equal the clocks' in every kind of window."""
+    with db.uow() as s:
+        want = reference_other_body(s)
+        have = {(r.day, r.city_code, r.county_code, r.township_code, r.body_code,
+                 r.clock_body_code, r.node): (r.n, r.s)
+                for r in s.scalars(select(WfNodeOtherBodyDaily))}
+        day0 = NOW.replace(hour=0, minute=0, second=0, microsecond=0)
+        windows = [(None, None), (day0, day0 + timedelta(days=1)),
+                   (NOW - timedelta(hours=1), NOW + timedelta(days=1, hours=1))]
+        figures = [{(h["group"], h["node"]): (h["n"], h["mean_hours"])
+                    for h in wf.node_hours(s, LEADER, by="body", since=a, until=b)}
+                   for a, b in windows]
+        refs = [reference_node_hours(s, "body", a, b) for a, b in windows]
+    assert {k: v[0] for k, v in have.items() if v[0]} == {k: v[0] for k, v in want.items()}
+    for k, (_n, total) in have.items():
+        assert total == pytest.approx(want.get(k, (0, 0.0))[1], abs=1e-3), k
+    for w, h, ref in zip(windows, figures, refs, strict=True):
+        assert h == ref or not hours, (w, sorted(set(h.items()) ^ set(ref.items())))
+    return want
+
+
+def test_other_body_rollup_follows_every_writer(seeded: Db) -> None:
+    """Clocks that ran with another body than their case's: kept by triggers on both tables."""
+    codes = history(seeded)
+    moved = assert_other_body_rollup(seeded)
+    # b's accept and sign clocks, stopped by CMB's return, count for CMB; its case is EEB's now.
+    assert {(k[4], k[5], k[6]): v[0] for k, v in moved.items()} == {
+        ("EEB", "CMB", "accept"): 1, ("EEB", "CMB", "sign"): 1}
+    with seeded.uow() as s:
+        ids = {r.code: r.id for r in s.execute(select(Lead.code, Lead.id))}
+        # Boundary re-dispatch writes the lead's body directly (no return): the clocks f ran
+        # with CMB stay CMB's once they stop.
+        s.execute(update(Lead).where(Lead.code == codes[5])
+                  .values(county_code="320002", township_code="320002001", body_code="EEB"))
+        s.execute(update(WfClock).where(WfClock.lead_id == ids[codes[5]],
+                                        WfClock.stopped_at.is_(None))
+                  .values(stopped_at=NOW + timedelta(days=2), stop_action="test"))
+    moved = assert_other_body_rollup(seeded)
+    assert ("EEB", "CMB", "sign") in {(k[4], k[5], k[6]) for k in moved if k[2] == "320002"}
+    with seeded.uow() as s:
+        # A clock's body corrected, a case received on another day, a duration corrected.
+        s.execute(update(WfClock).where(WfClock.lead_id == ids[codes[1]],
+                                        WfClock.stop_action == "return").values(body_code="EEB"))
+        s.execute(update(Lead).where(Lead.code == codes[0])
+                  .values(received_at=NOW - timedelta(days=1), body_code="WATER"))
+        s.execute(update(WfClock).where(WfClock.lead_id == ids[codes[5]], WfClock.node == "sign")
+                  .values(started_at=NOW - timedelta(hours=5)))
+    moved = assert_other_body_rollup(seeded)
+    assert ("WATER", "CMB", "handle") in {(k[4], k[5], k[6]) for k in moved}
+    # Deletes from either side, and a case inserted after its clocks. (Only a lead's cascade
+    # deletes clocks: the per-case node sums of 0004 do not follow a clock deleted alone, so
+    # node times are not compared from here on.)
+    with seeded.uow() as s:
+        s.execute(delete(WfClock).where(WfClock.lead_id == ids[codes[5]], WfClock.node == "sign"))
+        row = s.execute(select(WfCase.__table__).where(WfCase.lead_id == ids[codes[0]])).one()
+        s.execute(delete(WfCase).where(WfCase.lead_id == ids[codes[0]]))
+    assert not [k for k in assert_other_body_rollup(seeded, hours=False) if k[4] == "WATER"]
+    with seeded.uow() as s:
+        s.execute(insert(WfCase.__table__).values(**row._asdict()))
+    moved = assert_other_body_rollup(seeded, hours=False)
+    assert ("WATER", "CMB", "handle") in {(k[4], k[5], k[6]) for k in moved}
