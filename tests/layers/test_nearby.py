@@ -75,6 +75,27 @@ def test_k_nearest_without_radius_matches_brute_force(seeded: Db) -> None:
     assert len(few) == int((d <= 300).sum())
 
 
+def test_dense_circle_ranked_in_the_database_equals_brute_force(seeded: Db) -> None:
+    """More leads in the circle than the limit: PostGIS ranks and cuts, the answer must not change."""
+    rng = np.random.default_rng(11)
+    az, r = rng.uniform(0, 360, 240), rng.uniform(0, 900, 240)
+    lon, lat, _ = gcrs._GEOD.fwd(np.full(240, CENTRE[0]), np.full(240, CENTRE[1]), az, r)
+    ids = _file(seeded, [(f"d{i}", float(x), float(y)) for i, (x, y) in enumerate(zip(lon, lat, strict=True))])
+    due = {ids[f"d{i}"]: NOW + timedelta(hours=int(h)) for i, h in enumerate(rng.integers(1, 6, 240)) if i % 3}
+    with seeded.uow() as s:
+        for lead_id, at in due.items():
+            s.execute(update(Lead).where(Lead.id == lead_id).values(due_at=at))
+    d = gcrs.geodesic_distance_m(CENTRE[0], CENTRE[1], lon, lat)
+    by_id = {ids[f"d{i}"]: float(d[i]) for i in range(240)}
+    nearest = sorted(by_id, key=lambda i: (by_id[i], i))
+    soonest = sorted(by_id, key=lambda i: (i not in due, due.get(i, NOW), by_id[i], i))
+    with seeded.uow() as s:
+        assert [h.id for h in nearby.nearby(s, SYSTEM, *CENTRE, radius_m=1000, limit=30)] == nearest[:30]
+        got = [h.id for h in nearby.nearby(s, SYSTEM, *CENTRE, radius_m=1000, limit=30, sort="deadline")]
+        assert got == soonest[:30]
+        assert [h.id for h in nearby.nearby(s, SYSTEM, *CENTRE, limit=30)] == nearest[:30]
+
+
 def test_sort_by_deadline_and_status_filter(seeded: Db) -> None:
     ids = _file(seeded, [("near", 117.05, 34.0205), ("far", 117.05, 34.025), ("none", 117.05, 34.021)])
     with seeded.uow() as s:
