@@ -50,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings)
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
+        app.state.read_sessions = (session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
+                                   if engine.dialect.name == "postgresql" else app.state.sessions)
         app.state.db_turns = anyio.Semaphore(settings.db_concurrency)
         app.state.principals = (TTLCache(maxsize=10_000, ttl=settings.auth_cache_seconds)
                                 if settings.auth_cache_seconds > 0 else None)

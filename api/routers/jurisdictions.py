@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from api.deps import PrincipalDep, SessionDep, SettingsDep
+from api.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep
 from api.schemas import BoundaryVersionPublic, DatumName, JurisdictionPublic, LookupPublic
 from geo import crs as gcrs
 from geo.assign import lookup as lookup_point
@@ -19,7 +19,7 @@ router = APIRouter(tags=["jurisdictions"])
 
 @router.get("/jurisdictions/lookup", response_model=LookupPublic)
 def lookup(
-    request: Request, session: SessionDep, settings: SettingsDep, _: PrincipalDep,
+    request: Request, session: ReadSessionDep, settings: SettingsDep, _: PrincipalDep,
     lon: Annotated[float, Query(ge=-180, le=180)],
     lat: Annotated[float, Query(ge=-90, le=90)],
     datum: DatumName = "wgs84",

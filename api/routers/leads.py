@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import TypeAdapter
 
-from api.deps import PrincipalDep, SessionDep, SettingsDep, require
+from api.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep, require
 from api.schemas import DispatchPublic, LeadCreate, LeadCreated, LeadPage, LeadPublic
 from layers import leads, routing
 from layers.db import unit_of_work
@@ -64,7 +64,7 @@ def create_lead(body: LeadCreate, request: Request, p: Annotated[Principal, requ
 
 @router.get("", response_model=LeadPage)
 def list_leads(
-    session: SessionDep, settings: SettingsDep, p: PrincipalDep,
+    session: ReadSessionDep, settings: SettingsDep, p: PrincipalDep,
     status: Annotated[list[str], Query(max_length=20)] = [],  # noqa: B006 - FastAPI reads the default
     body: Annotated[list[str], Query(max_length=20)] = [],  # noqa: B006
     category: Annotated[list[str], Query(max_length=40)] = [],  # noqa: B006
@@ -88,7 +88,7 @@ def list_leads(
 
 
 @router.get("/{ref}", response_model=LeadPublic)
-def get_lead(ref: str, session: SessionDep, p: PrincipalDep) -> LeadPublic:
+def get_lead(ref: str, session: ReadSessionDep, p: PrincipalDep) -> LeadPublic:
     """One lead by code or id (404 when it does not exist or is outside your scope)."""
     return lead_public(leads.get_lead(session, p, ref))
 

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field, TypeAdapter
 
-from api.deps import PrincipalDep, SessionDep
+from api.deps import PrincipalDep, ReadSessionDep
 from api.schemas import DatumName
 from geo import crs as gcrs
 from layers import nearby as nearby_store
@@ -74,7 +74,7 @@ def _items(hits: list[nearby_store.NearbyHit], datum: DatumName) -> list[NearbyI
 
 @router.get("/nearby", response_model=NearbyPage)
 def nearby(
-    session: SessionDep, p: PrincipalDep,
+    session: ReadSessionDep, p: PrincipalDep,
     lon: Annotated[float, Query(ge=-180, le=180, description="your longitude")],
     lat: Annotated[float, Query(ge=-90, le=90, description="your latitude")],
     datum: DatumName = "wgs84",

@@ -127,3 +127,24 @@ def test_a_kept_token_still_expires_on_time(api: Api) -> None:
         time.sleep(max(0.0, (exp - datetime.now(UTC)).total_seconds()) + 1.1)
         r = c.get("/users/me", headers=h)
         assert r.status_code == 401 and "expired" in r.json()["detail"]
+
+
+def test_read_routes_run_without_a_transaction_on_postgis_and_leave_none_behind(api: Api) -> None:
+    from sqlalchemy import text
+
+    with _client(api) as c:
+        state = c.app.state  # type: ignore[attr-defined]
+        with state.read_sessions() as s:
+            s.execute(text("SELECT 1"))
+            raw = s.connection().connection.dbapi_connection
+            pg = api.db.backend == "postgis"
+            assert bool(getattr(raw, "autocommit", False)) is pg
+        with state.sessions() as s:  # the same pooled connection, back to transactions
+            s.execute(text("SELECT 1"))
+            raw = s.connection().connection.dbapi_connection
+            assert not getattr(raw, "autocommit", False)
+        # And the read routes answer on it.
+        h = api.as_("dispatcher")
+        assert c.get("/leads", headers=h).status_code == 200
+        assert c.get("/leads/nearby", headers=h, params={"lon": 117.05, "lat": 34.02, "radius_m": 500}).status_code == 200
+        assert c.get("/jurisdictions/lookup", headers=h, params={"lon": 117.05, "lat": 34.02}).status_code == 200
