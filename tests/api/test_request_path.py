@@ -146,5 +146,6 @@ def test_read_routes_run_without_a_transaction_on_postgis_and_leave_none_behind(
         # And the read routes answer on it.
         h = api.as_("dispatcher")
         assert c.get("/leads", headers=h).status_code == 200
-        assert c.get("/leads/nearby", headers=h, params={"lon": 117.05, "lat": 34.02, "radius_m": 500}).status_code == 200
+        near = {"lon": 117.05, "lat": 34.02, "radius_m": 500}
+        assert c.get("/leads/nearby", headers=h, params=near).status_code == 200
         assert c.get("/jurisdictions/lookup", headers=h, params={"lon": 117.05, "lat": 34.02}).status_code == 200
