@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import anyio
 from cachetools import TTLCache
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import sessionmaker
 
 from api.auth import principal_for, token_subject
 from layers.db import PoolTimeout, Session, commit
@@ -55,7 +54,7 @@ async def get_read_session(request: Request) -> AsyncIterator[Session]:
         yield session
 
 
-async def _unit_of_work(request: Request, sessions: sessionmaker[Session]) -> AsyncIterator[Session]:
+async def _unit_of_work(request: Request, sessions: Callable[[], Session]) -> AsyncIterator[Session]:
     """One unit of work per request: committed when the route returns, else rolled back.
 
     **Database turns.** A request's session keeps its pooled connection from its first query to
