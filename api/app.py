@@ -11,11 +11,11 @@ from functools import partial
 from typing import Any
 
 import anyio
-from cachetools import TTLCache
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors, limits
+from api.auth import Principals
 from api.routers import (
     boundaries,
     exports,
@@ -53,8 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.read_sessions = (session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
                                    if engine.dialect.name == "postgresql" else app.state.sessions)
         app.state.db_turns = anyio.Semaphore(settings.db_concurrency)
-        app.state.principals = (TTLCache(maxsize=10_000, ttl=settings.auth_cache_seconds)
-                                if settings.auth_cache_seconds > 0 else None)
+        app.state.principals = Principals(app.state.sessions, app.state.secret, settings.auth_cache_seconds)
         app.state.batcher = IntakeBatcher(
             app.state.sessions, lambda s, items, actor, now: intake(s, list(items), actor=actor, now=now))
         # Periodic escalation only where asked (``leadgrid serve``), never in tests' clients.

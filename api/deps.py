@@ -2,40 +2,24 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import anyio
-from cachetools import TTLCache
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.auth import principal_for, token_subject
+from api.auth import Principals
 from layers.db import PoolTimeout, Session, commit
 from layers.errors import Forbidden, Unauthorized
 from layers.settings import Settings
-from layers.users import Principal, get_user
+from layers.users import Principal
 
 bearer = HTTPBearer(auto_error=False, description="token from POST /auth/token")
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
-
-
-def _finish(session: Session) -> None:
-    try:
-        commit(session)
-    finally:
-        session.close()
-
-
-def _abandon(session: Session) -> None:
-    try:
-        session.rollback()
-    finally:
-        session.close()
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
@@ -66,8 +50,9 @@ async def _unit_of_work(request: Request, sessions: Callable[[], Session]) -> As
     the event loop — not in a thread — for at most ``db_wait_seconds``, then answers 503.
 
     The clean-up is shielded from cancellation: a client that disconnects mid-request must not
-    strand its connection "idle in transaction". Commit (or rollback) and close run in one
-    thread-pool hop, and none at all when the request never touched the database.
+    strand its connection "idle in transaction". Commit (or rollback) runs in one thread-pool
+    hop, none at all when the request never touched the database; the close after it has no
+    transaction left to end, so it does not block the event loop.
     """
     turns: anyio.Semaphore = request.app.state.db_turns
     try:
@@ -80,11 +65,11 @@ async def _unit_of_work(request: Request, sessions: Callable[[], Session]) -> As
         try:
             yield session
             if session.in_transaction():
-                await anyio.to_thread.run_sync(_finish, session)
+                await anyio.to_thread.run_sync(commit, session)
         except BaseException:
             if session.in_transaction():
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_abandon, session)
+                    await anyio.to_thread.run_sync(session.rollback)
             raise
         finally:
             session.close()  # no transaction left: nothing blocks
@@ -97,39 +82,26 @@ SessionDep = Annotated[Session, Depends(get_session)]
 ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 
 
-def _load_principal(request: Request, username: str) -> Principal:
-    with request.app.state.sessions() as session:  # read only; one thread hop, no turn needed
-        return principal_for(get_user(session, username))
-
-
 async def get_principal(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    """The caller, from the bearer token and the user's stored roles and scope.
+    """The caller, from the bearer token (see :class:`api.auth.Principals`).
 
-    A verified token and its user's roles and scope are kept per worker for
-    ``auth_cache_seconds`` (a few seconds), so most requests spend neither a signature check
-    nor a database round trip on who is asking; the token's expiry is still checked on every
-    request, and only tokens of active users are kept. The user is read in its own short
-    session (within one thread hop), so knowing who asks never takes a database turn: routes
-    that need none (intake's group commit) hold none.
+    A token verified moments ago is answered in the event loop; otherwise one thread hop reads
+    the user, in its own short session, so knowing who asks never takes a database turn:
+    routes that need none (intake's group commit) hold none.
     """
     if creds is None or creds.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token; get one from POST /auth/token")
-    token = creds.credentials
-    known: TTLCache[str, tuple[Principal, float]] | None = request.app.state.principals
-    hit = known.get(token) if known is not None else None
-    if hit is not None:
-        if hit[1] > time.time():
-            return hit[0]
-        raise Unauthorized("token expired; sign in again")
-    username, exp = token_subject(token, secret=request.app.state.secret)
-    # Unauthorized for unknown or disabled users: never kept.
-    p = await anyio.to_thread.run_sync(_load_principal, request, username)
-    if known is not None:
-        known[token] = (p, exp)
-    return p
+    return await principal_of_token(request, creds.credentials)
+
+
+async def principal_of_token(request: Request, token: str) -> Principal:
+    """The principal of ``token``, kept or resolved (for routes that take a token elsewhere)."""
+    principals: Principals = request.app.state.principals
+    p = principals.kept(token)
+    return p if p is not None else await anyio.to_thread.run_sync(principals.resolve, token)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

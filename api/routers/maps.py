@@ -29,15 +29,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
-from api.auth import principal_for, username_from_token
-from api.deps import SessionDep, SettingsDep, bearer
+from api.deps import SessionDep, SettingsDep, bearer, principal_of_token
 from geo import crs as gcrs
 from geo.hotspots import HotspotInputError
 from layers import mapdata
 from layers.errors import Invalid, Unauthorized
 from layers.leads import OPEN_STATES, LeadFilter
 from layers.settings import Settings
-from layers.users import Principal, get_user
+from layers.users import Principal
 from maps.canvas import MapInputError
 from maps.distribution import render_distribution
 from maps.hotspots import render_hotspots
@@ -52,9 +51,8 @@ _TOKEN_DOC = ("bearer token, when the Authorization header cannot be sent (a bro
               "it appears in server logs and browser history, and expires")
 
 
-def map_principal(
+async def map_principal(
     request: Request,
-    session: SessionDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     token: Annotated[str | None, Query(max_length=2000, description=_TOKEN_DOC)] = None,
 ) -> Principal:
@@ -62,7 +60,7 @@ def map_principal(
     raw = creds.credentials if creds is not None and creds.scheme.lower() == "bearer" else token
     if not raw:
         raise Unauthorized("missing bearer token: send Authorization: Bearer … or ?token=…")
-    return principal_for(get_user(session, username_from_token(raw, secret=request.app.state.secret)))
+    return await principal_of_token(request, raw)
 
 
 MapPrincipal = Annotated[Principal, Depends(map_principal)]

@@ -16,14 +16,14 @@ from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 
-from api.auth import principal_for, username_from_token
+from api.auth import Principals
 from api.deps import SessionDep, bearer
 from api.errors import status_for
 from layers import open311
 from layers.db import Session
 from layers.errors import DomainError, Forbidden, Unauthorized
 from layers.leads import MAX_DESCRIPTION
-from layers.users import Principal, get_user
+from layers.users import Principal
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
 Fmt = Literal["json", "xml"]
@@ -144,12 +144,12 @@ def _guard(fmt: Fmt, session: Session, fn: Callable[[], T]) -> T | Response:
         return JSONResponse([e.model_dump() for e in errs], status_code=code, headers=headers)
 
 
-def _principal(request: Request, session: Session, creds: HTTPAuthorizationCredentials | None,
-               api_key: str | None) -> Principal:
+def _principal(request: Request, creds: HTTPAuthorizationCredentials | None, api_key: str | None) -> Principal:
     token = api_key or (creds.credentials if creds and creds.scheme.lower() == "bearer" else None)
     if not token:
         raise Unauthorized("missing api_key: pass a token from POST /auth/token as api_key or a bearer token")
-    return principal_for(get_user(session, username_from_token(token, secret=request.app.state.secret)))
+    principals: Principals = request.app.state.principals
+    return principals.resolve(token)  # routes run in the thread pool
 
 
 def _split(values: Sequence[str]) -> list[str]:
@@ -192,7 +192,7 @@ def post_request(
     """File a service request; it goes through the same intake and assignment as every lead."""
 
     def run() -> Any:
-        p = _principal(request, session, creds, api_key or request.query_params.get("api_key"))
+        p = _principal(request, creds, api_key or request.query_params.get("api_key"))
         if not p.has(*INTAKE_ROLES):
             raise Forbidden(f"filing requests needs one of the roles {', '.join(INTAKE_ROLES)}")
         req = open311.RequestIn(service_code=service_code, lat=lat, long=long, address_string=address_string,
@@ -229,7 +229,7 @@ def get_requests(
     """Service requests in your scope: the last 90 days and at most 1,000 per page by default."""
 
     def run() -> Any:
-        p = _principal(request, session, creds, api_key)
+        p = _principal(request, creds, api_key)
         q = open311.RequestQuery(
             service_request_id=_split([service_request_id or ""]), service_code=_split([service_code or ""]),
             start_date=_utc(start_date), end_date=_utc(end_date), status=_split([status or ""]),
@@ -250,7 +250,7 @@ def get_request(
     """One service request (a one-element list, as the spec says)."""
 
     def run() -> Any:
-        p = _principal(request, session, creds, api_key)
+        p = _principal(request, creds, api_key)
         row = open311.get_request(session, p, service_request_id)
         return _respond(fmt, "service_requests", "request", [ServiceRequest(**row)])
 
