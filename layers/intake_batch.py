@@ -163,7 +163,7 @@ class IntakeBatcher:
 
     def _store(self, batch: list[_Job], now: datetime) -> None:
         with unit_of_work(self._sessions) as session:
-            categories = set(Router.current(session).categories)
+            categories = Router.current(session).categories
             by_actor: dict[str, list[tuple[_Job, LeadIn]]] = {}
             for job in batch:
                 try:

@@ -825,7 +825,6 @@ class IndexCache:
         if vid is None:
             self._checked.pop(key, None)
             return None
-        key = str(session.get_bind().engine.url)
         hit = self._indexes.get(key)
         if hit is None or hit[0] != vid:
             with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -116,7 +117,7 @@ def _datetime(name: str, v: Any, tz: str = "Asia/Shanghai") -> datetime:
 
 
 def validate_lead(raw: Mapping[str, Any], *, channel: str | None = None, datum: str | None = None,
-                  category: str | None = None, categories: set[str] | None = None,
+                  category: str | None = None, categories: AbstractSet[str] | None = None,
                   now: datetime | None = None, tz: str = "Asia/Shanghai") -> LeadIn:
     """Check one raw lead (from CSV, Excel or JSON) and return a :class:`LeadIn`.
 

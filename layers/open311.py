@@ -114,7 +114,7 @@ def submit_request(session: Session, req: RequestIn, *, actor: str, now: datetim
         "address": req.address_string, "lon": req.long, "lat": req.lat, "datum": "wgs84",
         "complainant_name": name, "complainant_phone": req.phone,
     }
-    item = lead_store.validate_lead(raw, categories=routing.category_codes(session), now=now)
+    item = lead_store.validate_lead(raw, categories=routing.Router.current(session).categories, now=now)
     return intake(session, [item], actor=actor, now=now)[0]
 
 

@@ -88,8 +88,8 @@ class Router:
 
         Rules are only ever added or retired and categories only added, so one cheap query
         (counts and highest ids) tells whether the cached router is still the one in force.
-        That check is made once per session (a request, an intake batch); later calls in the
-        same session reuse its answer.
+        That check is made once per transaction (a request, an intake batch); later calls in
+        the same transaction reuse its answer, unless this session changed a rule meanwhile.
         """
         mine = session.info.get(_MEMO)
         if mine is not None and mine[0] is session.get_transaction():
@@ -262,11 +262,6 @@ def list_bodies(session: Session) -> list[Body]:
 def list_categories(session: Session) -> list[Category]:
     """Every category."""
     return list(session.scalars(select(Category).order_by(Category.id)))
-
-
-def category_codes(session: Session) -> set[str]:
-    """The known category codes."""
-    return set(session.scalars(select(Category.code)))
 
 
 def list_rules(session: Session, *, include_retired: bool = False) -> list[RoutingRule]:

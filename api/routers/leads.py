@@ -49,7 +49,7 @@ def create_lead(body: LeadCreate, request: Request, p: Annotated[Principal, requ
         return LeadCreated(code=out.code, id=out.lead_id, created=out.created, assignment=out.assignment or None)
     now = datetime.now(UTC)
     with unit_of_work(request.app.state.sessions) as session:  # one thread hop, start to commit
-        cats = set(routing.Router.current(session).categories)
+        cats = routing.Router.current(session).categories
         item = leads.validate_lead(body.model_dump(), categories=cats, now=now)
         out = request.app.state.intake(session, [item], actor=p.username, now=now)[0]
         # A scoped field user may only file leads that land in their scope; raising rolls back.

@@ -40,10 +40,8 @@ from sqlalchemy import (
     Integer,
     Table,
     bindparam,
-    column,
     func,
     select,
-    table,
     text,
     update,
 )
@@ -60,8 +58,6 @@ from layers.workflow.states import OPEN_STATES, State
 from layers.workflow.store import WfCase, WfClock
 
 CASES_T = cast(Table, WfCase.__table__)
-_RTREE = table("idx_leads_geom", column("pkid"), column("xmin"), column("xmax"), column("ymin"),
-               column("ymax"))
 _OPEN = sorted(s.value for s in OPEN_STATES)
 CHUNK = 2000
 
