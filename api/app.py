@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db_turns = anyio.Semaphore(settings.db_concurrency)
         app.state.principals = Principals(app.state.sessions, app.state.secret, settings.auth_cache_seconds)
         app.state.batcher = IntakeBatcher(
-            app.state.sessions, lambda s, items, actor, now: intake(s, list(items), actor=actor, now=now))
+            app.state.sessions, lambda s, items, actor, now: intake(s, list(items), actor=actor, now=now),
+            window_s=settings.intake_batch_window_ms / 1000.0)
         # Periodic escalation only where asked (``leadgrid serve``), never in tests' clients.
         escalation = (asyncio.create_task(workflow.escalation_loop(app, settings.escalation_interval_s))
                       if getattr(app.state, "escalate_periodically", False) else None)

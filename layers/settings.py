@@ -57,6 +57,10 @@ class Settings(BaseSettings):
         description="PostGIS: test a pooled connection before use when idle this long (0: always)")
     db_wait_seconds: float = Field(default=10.0, gt=0, le=300,
                                    description="longest a request waits for its database turn before a 503")
+    intake_batch_window_ms: float = Field(
+        default=20.0, ge=0, le=1000,
+        description="under concurrent POST /leads, a batch waits this long for more leads to share its "
+        "transaction (a lone caller never waits; 0: no gathering)")
     index_recheck_seconds: float = Field(
         default=1.0, ge=0, le=60,
         description="point lookup trusts its last check of the active boundary version this long "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -112,3 +113,52 @@ def test_a_failing_batch_is_retried_one_by_one_so_only_the_culprit_fails(seeded:
 def test_max_batch_must_be_positive(seeded: Db) -> None:
     with pytest.raises(ValueError, match="max_batch"):
         IntakeBatcher(seeded.sessions, lambda *a: [], max_batch=0)
+
+
+def test_window_must_be_a_short_non_negative_time(seeded: Db) -> None:
+    with pytest.raises(ValueError, match="window_s"):
+        IntakeBatcher(seeded.sessions, lambda *a: [], window_s=-0.01)
+    with pytest.raises(ValueError, match="window_s"):
+        IntakeBatcher(seeded.sessions, lambda *a: [], window_s=5.0)
+
+
+def test_a_lone_caller_never_waits_in_the_gathering_window(seeded: Db) -> None:
+    batcher = IntakeBatcher(seeded.sessions, lambda s, items, actor, now: leads.submit(s, items, actor=actor, now=NOW),
+                            window_s=1.0)
+    t0 = time.monotonic()
+    outs = [batcher.intake(_raw(f"alone{i}"), actor="u") for i in range(3)]
+    assert all(o.created for o in outs)
+    assert batcher.stats.waited == 0 and batcher.stats.largest == 1
+    assert time.monotonic() - t0 < 1.0  # one caller after another: no call sat out the 1 s window
+
+
+def test_concurrent_intake_gathers_until_the_window_or_a_full_batch(seeded: Db) -> None:
+    """Requests queued together make the next leader gather; a late arrival joins their batch,
+    and a full batch ends the wait before the window does."""
+    ref: list[IntakeBatcher] = []
+    gate = _Gate(waiting=2, batcher_ref=ref)  # "first" is held until two others queue behind it
+    batcher = IntakeBatcher(seeded.sessions, gate, window_s=1.0, max_batch=3)
+    ref.append(batcher)
+    results: dict[str, Any] = {}
+
+    def go(ext: str) -> None:
+        results[ext] = batcher.intake(_raw(ext), actor="u")
+
+    first = threading.Thread(target=go, args=("first",))
+    first.start()
+    threading.Event().wait(0.05)
+    pair = [threading.Thread(target=go, args=(e,)) for e in ("b", "c")]
+    t0 = time.monotonic()
+    for t in pair:
+        t.start()
+    threading.Event().wait(0.3)  # the next leader (b or c) is gathering now
+    late = threading.Thread(target=go, args=("late",))
+    late.start()
+    for t in (first, *pair, late):
+        t.join(30)
+    elapsed = time.monotonic() - t0
+
+    assert gate.seen == [1, 3], gate.seen  # "late" shared b and c's transaction
+    assert batcher.stats.waited == 1
+    assert elapsed < 0.9, elapsed  # the third request filled the batch: no waiting out the 1 s
+    assert all(isinstance(results[e], leads.Outcome) and results[e].created for e in ("first", "b", "c", "late"))
