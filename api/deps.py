@@ -18,7 +18,7 @@ from layers.users import Principal
 bearer = HTTPBearer(auto_error=False, description="token from POST /auth/token")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -34,11 +34,14 @@ async def get_read_session(request: Request) -> AsyncIterator[Session]:
     query; for the one or two reads of a lookup, a nearby search or a list page, that was a
     fifth of the server's time. Never use it for a route that writes.
     """
-    async for session in _unit_of_work(request, request.app.state.read_sessions):
+    sessions = request.app.state.read_sessions
+    autocommit = sessions is not request.app.state.sessions
+    async for session in _unit_of_work(request, sessions, autocommit=autocommit):
         yield session
 
 
-async def _unit_of_work(request: Request, sessions: Callable[[], Session]) -> AsyncIterator[Session]:
+async def _unit_of_work(request: Request, sessions: Callable[[], Session], *,
+                        autocommit: bool = False) -> AsyncIterator[Session]:
     """One unit of work per request: committed when the route returns, else rolled back.
 
     **Database turns.** A request's session keeps its pooled connection from its first query to
@@ -52,7 +55,8 @@ async def _unit_of_work(request: Request, sessions: Callable[[], Session]) -> As
     The clean-up is shielded from cancellation: a client that disconnects mid-request must not
     strand its connection "idle in transaction". Commit (or rollback) runs in one thread-pool
     hop, none at all when the request never touched the database; the close after it has no
-    transaction left to end, so it does not block the event loop.
+    transaction left to end, so it does not block the event loop. An ``autocommit`` session has
+    no transaction to end at all: it is closed at once, with no hop.
     """
     turns: anyio.Semaphore = request.app.state.db_turns
     try:
@@ -64,10 +68,10 @@ async def _unit_of_work(request: Request, sessions: Callable[[], Session]) -> As
         session = sessions()
         try:
             yield session
-            if session.in_transaction():
+            if not autocommit and session.in_transaction():
                 await anyio.to_thread.run_sync(commit, session)
         except BaseException:
-            if session.in_transaction():
+            if not autocommit and session.in_transaction():
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(session.rollback)
             raise
@@ -110,7 +114,7 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 def require(*roles: str):
     """Dependency: the principal must hold one of ``roles`` (admin always passes)."""
 
-    def check(p: PrincipalDep) -> Principal:
+    async def check(p: PrincipalDep) -> Principal:  # async: no thread hop for a set lookup
         if not p.has(*roles):
             raise Forbidden(f"needs one of the roles {', '.join(roles)}; you have {', '.join(sorted(p.roles))}")
         return p

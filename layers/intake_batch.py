@@ -12,7 +12,7 @@ background thread.
 **Gathering window.** Batches that only take what queued during the previous batch stay small
 (one to three leads at 150 intakes/s per worker), and a batch's fixed cost (its dozen statements
 and its commit) then dominates: measured, 3.4 ms of server CPU per lead. So, like PostgreSQL's
-``commit_delay``, a leader that sees concurrent intake (more than one request queued now, or a
+``commit_delay``, a drain that sees concurrent intake (more than one request queued now, or a
 batch of several within the last second) waits until ``window_s`` after its oldest queued
 request arrived, or until ``max_batch`` have queued, before it takes the batch. A lone caller, or
 one client calling one request after another, never waits. With a 20 ms window the same 300
@@ -26,7 +26,7 @@ retried alone, so only the request at fault sees the error.
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,9 +46,8 @@ Submit = Callable[[Session, Sequence[LeadIn], str, datetime], list[Outcome]]
 class _Job:
     raw: Mapping[str, Any]
     actor: str
+    answer: asyncio.Future[Outcome]
     arrived: float = field(default_factory=time.monotonic)
-    done: threading.Event = field(default_factory=threading.Event)
-    lead: bool = False  # woken to lead the next batch, not because the job is done
     outcome: Outcome | None = None
     error: BaseException | None = None
 
@@ -61,11 +60,13 @@ class BatchStats:
     leads: int = 0
     largest: int = 0
     retried_alone: int = 0
-    waited: int = 0  # batches whose leader waited in the gathering window
+    waited: int = 0  # batches that waited in the gathering window
 
 
 class IntakeBatcher:
     """Concurrent single-lead intakes share one transaction (group commit).
+
+    One batcher serves one event loop (one API worker); :meth:`intake` is a coroutine.
 
     Parameters
     ----------
@@ -73,16 +74,16 @@ class IntakeBatcher:
         Session factory of the service's database.
     submit
         ``submit(session, items, actor, now) -> outcomes``: the intake to run (normally
-        :func:`layers.leads.submit` with the service's tolerances).
+        :func:`layers.leads.submit` with the service's tolerances). It runs in a worker thread.
     max_batch
-        Most leads per transaction; the rest wait for the next leader.
+        Most leads per transaction; the rest wait for the next batch.
     tz
         Time zone for date-times given without an offset (passed to validation).
     window_s
         Gathering window in seconds under concurrent intake (0: take only what has queued).
     """
 
-    # A batch of several this recently means intake is concurrent: the next leader gathers.
+    # A batch of several this recently means intake is concurrent: the next batch gathers.
     _BUSY_MEMORY_S = 1.0
 
     def __init__(self, sessions: sessionmaker[Session], submit: Submit, *, max_batch: int = 200,
@@ -96,14 +97,13 @@ class IntakeBatcher:
         self._max_batch = max_batch
         self._tz = tz
         self._window = window_s
-        self._lock = threading.Lock()
-        self._grown = threading.Condition(self._lock)  # a waiting leader hears the queue fill
         self._queue: list[_Job] = []
-        self._leading = False
+        self._drain_task: asyncio.Task[None] | None = None
+        self._full: asyncio.Event | None = None  # set when max_batch have queued
         self._last_several = -1e9  # monotonic time the last batch of more than one lead ended
         self.stats = BatchStats()
 
-    def intake(self, raw: Mapping[str, Any], *, actor: str) -> Outcome:
+    async def intake(self, raw: Mapping[str, Any], *, actor: str) -> Outcome:
         """Validate and store one lead, batched with whatever else is being taken in right now.
 
         Parameters
@@ -124,61 +124,72 @@ class IntakeBatcher:
             The lead itself is invalid (named field, value, what is allowed).
         layers.errors.Conflict
             Its transaction failed even when retried alone.
+
+        Notes
+        -----
+        A caller that goes away (a cancelled request) does not take its lead out of a batch
+        already queued: the lead is stored, as a client that timed out after sending must
+        expect; re-sending it is safe (idempotent on channel + external id).
         """
-        job = _Job(raw, actor)
-        with self._lock:
-            self._queue.append(job)
-            if not self._leading:
-                self._leading = True
-                job.lead = True
-            elif len(self._queue) >= self._max_batch:
-                self._grown.notify()
-        while not job.lead:
-            job.done.wait()
-            job.done.clear()
-            if job.outcome is not None or job.error is not None:
-                return self._result(job)
-        self._lead()
-        return self._result(job)
+        job = _Job(raw, actor, asyncio.get_running_loop().create_future())
+        # A caller cancelled meanwhile never reads its answer; reading it here keeps asyncio quiet.
+        job.answer.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._queue.append(job)
+        if len(self._queue) >= self._max_batch and self._full is not None:
+            self._full.set()
+        if self._drain_task is None:
+            self._drain_task = asyncio.create_task(self._drain())
+        return await asyncio.shield(job.answer)
 
-    @staticmethod
-    def _result(job: _Job) -> Outcome:
-        if job.error is not None:
-            raise job.error
-        assert job.outcome is not None
-        return job.outcome
-
-    def _lead(self) -> None:
-        with self._lock:
-            if self._window > 0 and (len(self._queue) > 1
-                                     or time.monotonic() - self._last_several < self._BUSY_MEMORY_S):
-                until = self._queue[0].arrived + self._window
-                waited = False
-                while len(self._queue) < self._max_batch:
-                    left = until - time.monotonic()
-                    if left <= 0:
-                        break
-                    waited = True
-                    self._grown.wait(left)
-                self.stats.waited += waited
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
+    async def _drain(self) -> None:
+        batch: list[_Job] = []
         try:
-            self._run(batch)
-        finally:
-            with self._lock:
+            while self._queue:
+                if self._window > 0 and (len(self._queue) > 1
+                                         or time.monotonic() - self._last_several < self._BUSY_MEMORY_S):
+                    await self._gather()
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                # Cancelling this task (only the loop's shutdown does) waits for the thread.
+                await asyncio.to_thread(self._run, batch)
                 if len(batch) > 1:
                     self._last_several = time.monotonic()
-                if self._queue:
-                    nxt = self._queue[0]
-                    nxt.lead = True
-                    nxt.done.set()  # it wakes as the next leader
-                else:
-                    self._leading = False
-            for job in batch:
-                if job.outcome is None and job.error is None:
-                    job.error = RuntimeError("intake batch ended without an answer for this lead")
-                job.done.set()
+                for job in batch:
+                    self._answer(job)
+                batch = []
+        except BaseException as exc:
+            for job in batch + self._queue:
+                if not job.answer.done():
+                    job.answer.set_exception(RuntimeError(f"intake stopped before this lead was stored: {exc!r}"))
+            self._queue.clear()
+            raise
+        finally:
+            self._drain_task = None
+
+    async def _gather(self) -> None:
+        until = self._queue[0].arrived + self._window
+        left = until - time.monotonic()
+        if left <= 0 or len(self._queue) >= self._max_batch:
+            return
+        self.stats.waited += 1
+        self._full = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._full.wait(), left)
+        except TimeoutError:
+            pass
+        finally:
+            self._full = None
+
+    @staticmethod
+    def _answer(job: _Job) -> None:
+        if job.answer.done():
+            return
+        if job.error is not None:
+            job.answer.set_exception(job.error)
+        elif job.outcome is not None:
+            job.answer.set_result(job.outcome)
+        else:
+            job.answer.set_exception(RuntimeError("intake batch ended without an answer for this lead"))
 
     def _run(self, batch: list[_Job]) -> None:
         now = datetime.now(UTC)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import TypeAdapter
 
@@ -40,26 +41,32 @@ def lead_public(lead: Lead) -> LeadPublic:
 
 
 @router.post("", response_model=LeadCreated, status_code=201)
-def create_lead(body: LeadCreate, request: Request, p: Annotated[Principal, require(*INTAKE_ROLES)]) -> LeadCreated:
+async def create_lead(body: LeadCreate, request: Request,
+                      p: Annotated[Principal, require(*INTAKE_ROLES)]) -> LeadCreated:
     """Take in one lead; idempotent on channel + external id; returns the assignment and why."""
     if p.citywide or p.has("dispatcher"):
-        # Group commit with the other intakes in flight; the request holds no connection (and
-        # no database turn) while it waits for its batch.
-        out = request.app.state.batcher.intake(body.model_dump(), actor=p.username)
-        return LeadCreated(code=out.code, id=out.lead_id, created=out.created, assignment=out.assignment or None)
+        # Group commit with the other intakes in flight: the request waits for its batch in the
+        # event loop, holding no thread, no connection and no database turn.
+        out = await request.app.state.batcher.intake(body.model_dump(), actor=p.username)
+    else:
+        out = await anyio.to_thread.run_sync(_intake_in_scope, request, body, p)
+    return LeadCreated(code=out.code, id=out.lead_id, created=out.created, assignment=out.assignment or None)
+
+
+def _intake_in_scope(request: Request, body: LeadCreate, p: Principal) -> leads.Outcome:
+    """A scoped field user's lead, alone in one unit of work (one thread hop, start to commit)."""
     now = datetime.now(UTC)
-    with unit_of_work(request.app.state.sessions) as session:  # one thread hop, start to commit
+    with unit_of_work(request.app.state.sessions) as session:
         cats = routing.Router.current(session).categories
         item = leads.validate_lead(body.model_dump(), categories=cats, now=now)
-        out = request.app.state.intake(session, [item], actor=p.username, now=now)[0]
+        out: leads.Outcome = request.app.state.intake(session, [item], actor=p.username, now=now)[0]
         # A scoped field user may only file leads that land in their scope; raising rolls back.
         if out.created:
             a = out.assignment
             codes = {a.get("city_code"), a.get("county_code"), a.get("township_code")}
             if not (p.scope_codes & codes) and a.get("body_code") not in p.scope_bodies:
                 raise Forbidden("the lead's location is outside your scope; ask a dispatcher to file it")
-    return LeadCreated(code=out.code, id=out.lead_id, created=out.created,
-                       assignment=out.assignment or None)
+    return out
 
 
 @router.get("", response_model=LeadPage)

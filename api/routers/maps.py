@@ -66,7 +66,7 @@ async def map_principal(
 MapPrincipal = Annotated[Principal, Depends(map_principal)]
 
 
-def lead_filter(
+async def lead_filter(
     status: Annotated[list[str], Query(max_length=20)] = [],  # noqa: B006 - FastAPI reads the default
     body: Annotated[list[str], Query(max_length=20)] = [],  # noqa: B006
     category: Annotated[list[str], Query(max_length=40)] = [],  # noqa: B006

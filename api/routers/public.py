@@ -16,17 +16,21 @@ from layers import disclosure
 router = APIRouter(prefix="/public", tags=["public"])
 
 
-def _settings(request: Request) -> disclosure.DisclosureSettings:
+async def _settings(request: Request) -> disclosure.DisclosureSettings:
+    return _disclosure(request)
+
+
+def _disclosure(request: Request) -> disclosure.DisclosureSettings:
     state = request.app.state
     if getattr(state, "disclosure", None) is None:
         state.disclosure = disclosure.DisclosureSettings()
     return state.disclosure
 
 
-def rate_limit(request: Request) -> None:
+async def rate_limit(request: Request) -> None:
     """One token per request from the client's IP; 429 with Retry-After when the bucket is empty."""
     state = request.app.state
-    cfg = _settings(request)
+    cfg = _disclosure(request)
     if getattr(state, "public_bucket", None) is None:
         state.public_bucket = TokenBucket(cfg.rate_per_minute / 60.0, cfg.burst)
     wait = state.public_bucket.take(request.client.host if request.client else "?")

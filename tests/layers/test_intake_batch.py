@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
@@ -39,9 +40,8 @@ class _Gate:
             self.first = False
             b = self.batcher_ref[0]
             for _ in range(500):  # the queue fills while this batch is "slow"
-                with b._lock:
-                    if len(b._queue) >= self.waiting:
-                        break
+                if len(b._queue) >= self.waiting:  # read from the batch's thread: a list's len is atomic
+                    break
                 threading.Event().wait(0.01)
         self.seen.append(len(items))
         if any(it.external_id == "boom" for it in items):
@@ -49,23 +49,22 @@ class _Gate:
         return leads.submit(session, items, actor=actor, now=NOW)
 
 
-def _run_threads(batcher: IntakeBatcher, raws: list[dict[str, Any]]) -> list[Any]:
-    results: list[Any] = [None] * len(raws)
+def _run_concurrently(batcher: IntakeBatcher, raws: list[dict[str, Any]]) -> list[Any]:
+    """The first request alone (its batch is held at the gate), then all the others at once."""
 
-    def go(i: int) -> None:
+    async def one(i: int) -> Any:
         try:
-            results[i] = batcher.intake(raws[i], actor=f"user{i % 2}")
+            return await batcher.intake(raws[i], actor=f"user{i % 2}")
         except Exception as exc:  # the test inspects it
-            results[i] = exc
+            return exc
 
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(raws))]
-    threads[0].start()
-    threading.Event().wait(0.05)  # the first becomes the leader and holds its batch at the gate
-    for t in threads[1:]:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return results
+    async def main() -> list[Any]:
+        first = asyncio.create_task(one(0))
+        await asyncio.sleep(0.05)  # its batch is now held at the gate
+        rest = [asyncio.create_task(one(i)) for i in range(1, len(raws))]
+        return [await first, *[await t for t in rest]]
+
+    return asyncio.run(main())
 
 
 def test_concurrent_intakes_share_a_transaction_and_each_gets_its_answer(seeded: Db) -> None:
@@ -77,7 +76,7 @@ def test_concurrent_intakes_share_a_transaction_and_each_gets_its_answer(seeded:
     raws.append(_raw("g3"))  # the same lead twice: stored once, both callers get its code
     raws.append(_raw("bad", category="no_such_category"))
     raws.append(_raw("late", reported_at="2099-01-01T00:00:00+08:00"))
-    results = _run_threads(batcher, raws)
+    results = _run_concurrently(batcher, raws)
 
     assert batcher.stats.largest >= 10, gate.seen  # the queued requests went in together
     assert isinstance(results[-2], Invalid) and results[-2].field == "category"
@@ -100,7 +99,7 @@ def test_a_failing_batch_is_retried_one_by_one_so_only_the_culprit_fails(seeded:
     batcher = IntakeBatcher(seeded.sessions, gate)
     ref.append(batcher)
     raws = [_raw("first")] + [_raw(f"ok{i}") for i in range(5)] + [_raw("boom")]
-    results = _run_threads(batcher, raws)
+    results = _run_concurrently(batcher, raws)
 
     assert isinstance(results[-1], Conflict)
     assert all(isinstance(o, leads.Outcome) and o.created for o in results[:-1]), results
@@ -125,40 +124,59 @@ def test_window_must_be_a_short_non_negative_time(seeded: Db) -> None:
 def test_a_lone_caller_never_waits_in_the_gathering_window(seeded: Db) -> None:
     batcher = IntakeBatcher(seeded.sessions, lambda s, items, actor, now: leads.submit(s, items, actor=actor, now=NOW),
                             window_s=1.0)
+
+    async def one_after_another() -> list[leads.Outcome]:
+        return [await batcher.intake(_raw(f"alone{i}"), actor="u") for i in range(3)]
+
     t0 = time.monotonic()
-    outs = [batcher.intake(_raw(f"alone{i}"), actor="u") for i in range(3)]
+    outs = asyncio.run(one_after_another())
     assert all(o.created for o in outs)
     assert batcher.stats.waited == 0 and batcher.stats.largest == 1
     assert time.monotonic() - t0 < 1.0  # one caller after another: no call sat out the 1 s window
 
 
 def test_concurrent_intake_gathers_until_the_window_or_a_full_batch(seeded: Db) -> None:
-    """Requests queued together make the next leader gather; a late arrival joins their batch,
-    and a full batch ends the wait before the window does."""
+    """Requests queued together make the next batch gather; a late arrival joins it, and a full
+    batch ends the wait before the window does."""
     ref: list[IntakeBatcher] = []
     gate = _Gate(waiting=2, batcher_ref=ref)  # "first" is held until two others queue behind it
     batcher = IntakeBatcher(seeded.sessions, gate, window_s=1.0, max_batch=3)
     ref.append(batcher)
-    results: dict[str, Any] = {}
 
-    def go(ext: str) -> None:
-        results[ext] = batcher.intake(_raw(ext), actor="u")
+    async def main() -> tuple[dict[str, Any], float]:
+        first = asyncio.create_task(batcher.intake(_raw("first"), actor="u"))
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        pair = [asyncio.create_task(batcher.intake(_raw(e), actor="u")) for e in ("b", "c")]
+        await asyncio.sleep(0.3)  # "first" is done; b and c's batch is gathering now
+        late = asyncio.create_task(batcher.intake(_raw("late"), actor="u"))
+        got = dict(zip(("first", "b", "c", "late"), await asyncio.gather(first, *pair, late), strict=True))
+        return got, time.monotonic() - t0
 
-    first = threading.Thread(target=go, args=("first",))
-    first.start()
-    threading.Event().wait(0.05)
-    pair = [threading.Thread(target=go, args=(e,)) for e in ("b", "c")]
-    t0 = time.monotonic()
-    for t in pair:
-        t.start()
-    threading.Event().wait(0.3)  # the next leader (b or c) is gathering now
-    late = threading.Thread(target=go, args=("late",))
-    late.start()
-    for t in (first, *pair, late):
-        t.join(30)
-    elapsed = time.monotonic() - t0
-
+    results, elapsed = asyncio.run(main())
     assert gate.seen == [1, 3], gate.seen  # "late" shared b and c's transaction
     assert batcher.stats.waited == 1
     assert elapsed < 0.9, elapsed  # the third request filled the batch: no waiting out the 1 s
-    assert all(isinstance(results[e], leads.Outcome) and results[e].created for e in ("first", "b", "c", "late"))
+    assert all(isinstance(o, leads.Outcome) and o.created for o in results.values())
+
+
+def test_a_cancelled_caller_still_gets_its_lead_stored_and_others_their_answers(seeded: Db) -> None:
+    """A request that goes away mid-batch (client timeout) neither loses its lead nor breaks the batch."""
+    ref: list[IntakeBatcher] = []
+    gate = _Gate(waiting=2, batcher_ref=ref)
+    batcher = IntakeBatcher(seeded.sessions, gate)
+    ref.append(batcher)
+
+    async def main() -> list[Any]:
+        first = asyncio.create_task(batcher.intake(_raw("held"), actor="u"))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(batcher.intake(_raw("gone"), actor="u"))
+        stays = asyncio.create_task(batcher.intake(_raw("stays"), actor="u"))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        return [await first, await stays, gone.cancelled()]
+
+    held, stays, cancelled = asyncio.run(main())
+    assert cancelled and held.created and stays.created
+    with seeded.uow() as s:
+        assert set(s.scalars(select(Lead.external_id))) == {"held", "gone", "stays"}
