@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from functools import partial
@@ -31,10 +32,12 @@ from api.routers import (
     workflow,
 )
 from api.routers import monitoring as monitoring_routes
+from layers import jurisdictions as boundary_store
 from layers import leads as lead_store
 from layers.db import Session, make_engine, session_factory
 from layers.intake_batch import IntakeBatcher
 from layers.leads import LeadIn
+from layers.routing import Router
 from layers.settings import Settings
 from maps.assets import ASSET_URL_PREFIX, asset_root, missing_assets
 
@@ -57,6 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.batcher = IntakeBatcher(
             app.state.sessions, lambda s, items, actor, now: intake(s, list(items), actor=actor, now=now),
             window_s=settings.intake_batch_window_ms / 1000.0)
+        if settings.gc_freeze:
+            await anyio.to_thread.run_sync(_warm, app.state.sessions)
+            _freeze_heap()
         # Periodic escalation only where asked (``leadgrid serve``), never in tests' clients.
         escalation = (asyncio.create_task(workflow.escalation_loop(app, settings.escalation_interval_s))
                       if getattr(app.state, "escalate_periodically", False) else None)
@@ -94,6 +100,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(r)
     _mount_map_assets(app)
     return app
+
+
+def _warm(sessions: Callable[[], Session]) -> None:
+    """Load the boundary index and the routing rules now, before the heap is frozen."""
+    try:
+        with sessions() as session:
+            boundary_store.INDEX_CACHE.get(session)
+            Router.current(session)
+            session.rollback()
+    except Exception as exc:  # an empty or unmigrated database: they load on first use instead
+        log.warning("start-up warm-up skipped (%s); caches load on first use", exc)
+
+
+def _freeze_heap() -> None:
+    """Exempt everything loaded so far from the garbage collector's scans.
+
+    A worker's heap after start-up (libraries, the boundary index, compiled statements) is a
+    few million objects that live as long as the process. Every full collection walked all of
+    them: a 130-310 ms pause every few seconds under load, which was the whole p99 of every call.
+    Frozen, a full collection scans only what requests created since.
+    """
+    gc.collect()
+    gc.freeze()
+    log.info("heap frozen after start-up: %d objects exempt from collection", gc.get_freeze_count())
 
 
 def _mount_map_assets(app: FastAPI) -> None:

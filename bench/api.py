@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python bench/api.py [--leads 1000000] [--seconds 60] [--workers 2]
         [--intake-rate 300] [--nearby-rate 100] [--list-rate 20] [--clients 32] [--saturate-seconds 20]
-        [--admin-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--keep] [--reuse]
+        [--admin-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--keep] [--reuse] [--timeline CSV]
 
 Steps: create a fresh PostGIS database ``leadgrid_bench``, migrate it, seed the reference data
 and a synthetic boundary layer over Xuzhou's extent (a 4 × 4 grid of "townships" in 2 × 2
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import subprocess
@@ -205,7 +206,8 @@ async def _one(client: aiohttp.ClientSession, kind: str, tokens: dict[str, str],
 
 
 async def _open_loop(base: str, tokens: dict[str, str], rates: dict[str, float], seconds: float,
-                     stats: dict[str, list[float]], errors: dict[str, int]) -> None:
+                     stats: dict[str, list[float]], errors: dict[str, int],
+                     timeline: list[tuple[float, str, float]] | None = None) -> None:
     """Requests at fixed rates whatever the server does (no coordinated omission): each call's
     latency counts from the moment it was *due*, so a stalled server shows up in p99."""
     rnd = random.Random(7)
@@ -224,6 +226,8 @@ async def _open_loop(base: str, tokens: dict[str, str], rates: dict[str, float],
                 print(f"error {kind}: {exc!r}")
                 ok = False
             stats[kind].append(time.perf_counter() - (start + due))
+            if timeline is not None:
+                timeline.append((due, kind, stats[kind][-1]))
             if not ok:
                 errors[kind] += 1
 
@@ -236,7 +240,7 @@ async def _open_loop(base: str, tokens: dict[str, str], rates: dict[str, float],
 
 
 def run_load(url: str, seconds: float, clients: int, workers: int, port: int, rates: dict[str, float],
-             saturate_seconds: float, single: int = 0) -> None:
+             saturate_seconds: float, single: int = 0, timeline_csv: str = "") -> None:
     env = {**os.environ, "LEADGRID_DATABASE_URL": url, "LEADGRID_SECRET_KEY": SECRET}
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--host", "127.0.0.1",
@@ -257,6 +261,12 @@ def run_load(url: str, seconds: float, clients: int, workers: int, port: int, ra
             kinds = ("intake", "nearby", "list", "lookup")
             return {k: [] for k in kinds}, {k: 0 for k in kinds}
 
+        # The load generator's own garbage collections (geopandas and friends are loaded here too)
+        # paused it 25-140 ms: calls fired late would count as the server's latency. Its heap is
+        # frozen and its collector off while it measures (a minute of calls fits in memory).
+        gc.collect()
+        gc.freeze()
+        gc.disable()
         # Warm-up (connection pools, boundary index, routing and calendar caches) is not measured.
         st, er = fresh()
 
@@ -306,7 +316,12 @@ def run_load(url: str, seconds: float, clients: int, workers: int, port: int, ra
             return
         stats, errors = fresh()
         t0 = time.perf_counter()
-        asyncio.run(_open_loop(base, tokens, rates, seconds, stats, errors))
+        timeline: list[tuple[float, str, float]] | None = [] if timeline_csv else None
+        asyncio.run(_open_loop(base, tokens, rates, seconds, stats, errors, timeline))
+        if timeline_csv and timeline is not None:
+            with open(timeline_csv, "w", encoding="utf-8") as f:
+                f.write("due_s,kind,latency_ms\n")
+                f.writelines(f"{d:.4f},{k},{lat * 1000:.2f}\n" for d, k, lat in sorted(timeline))
         wall = time.perf_counter() - t0
         _report("target load: " + ", ".join(f"{k} {v:g}/s" for k, v in rates.items()), stats, errors, wall)
         nb, it = np.array(stats["nearby"]) * 1000, np.array(stats["intake"]) * 1000
@@ -319,6 +334,7 @@ def run_load(url: str, seconds: float, clients: int, workers: int, port: int, ra
               + ("; lookup p99 <= 5 ms (issue 3): " + ("met" if np.percentile(lk, 99) <= 5 else "NOT met")
                  if len(lk) else ""))
     finally:
+        gc.enable()
         server.terminate()
         server.wait(timeout=30)
 
@@ -346,6 +362,8 @@ def main() -> None:
                     help="calls of each kind made one at a time by a single client first (0: skip)")
     ap.add_argument("--mix", default="",
                     help="shares of the capacity phase, e.g. intake=1 or intake=0.68,nearby=0.23,list=0.05,lookup=0.04")
+    ap.add_argument("--timeline", default="", metavar="CSV",
+                    help="write every target-load call (due time, kind, latency) to this CSV, to see stalls")
     ap.add_argument("--no-load", action="store_true", help="only the single-client phase")
     args = ap.parse_args()
     if args.mix:
@@ -367,7 +385,7 @@ def main() -> None:
         run_load(url, args.seconds, args.clients, args.workers, args.port,
                  {"intake": args.intake_rate, "nearby": args.nearby_rate, "list": args.list_rate,
                   "lookup": args.lookup_rate},
-                 args.saturate_seconds, args.single)
+                 args.saturate_seconds, args.single, args.timeline)
     finally:
         if not args.keep:
             admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import ColumnElement, Float, Integer, Select, and_, bindparam, column, func, select, table
@@ -56,9 +55,12 @@ class NearbySort(StrEnum):
     deadline = "deadline"
 
 
-@dataclass(frozen=True)
-class NearbyHit:
-    """One lead near the query point (storage lon/lat)."""
+class NearbyHit(NamedTuple):
+    """One lead near the query point (storage lon/lat).
+
+    A named tuple: a field user's search builds dozens of these per request, and a tuple is the
+    cheapest immutable record to build.
+    """
 
     id: int
     code: str
@@ -220,16 +222,18 @@ def _template(backend: str, codes: tuple[str, ...], bodies: tuple[str, ...],
 
 def _hits(session: Session, stmt: Select[Any], lon: float, lat: float, radius_m: float,
           params: dict[str, float] | None = None) -> list[NearbyHit]:
-    rows = session.execute(stmt, params).all()
+    # Core execution and plain tuples: the ORM's result machinery cost more than the query.
+    rows = session.connection().execute(stmt, params).all()
     if not rows:
         return []
-    xs = np.array([r.x for r in rows], dtype=float)
-    ys = np.array([r.y for r in rows], dtype=float)
+    # Columns as _columns() selects them: id, code, category, status, urgency, address, body,
+    # county, township, x, y, due_at.
+    xs = np.fromiter((r[9] for r in rows), dtype=float, count=len(rows))
+    ys = np.fromiter((r[10] for r in rows), dtype=float, count=len(rows))
     dist = np.atleast_1d(gcrs.geodesic_distance_m(lon, lat, xs, ys))
-    keep = np.flatnonzero(dist <= radius_m)
-    return [NearbyHit(int(r.id), r.code, r.category_code, r.status, r.urgency, r.address, r.body_code,
-                      r.county_code, r.township_code, float(r.x), float(r.y), round(float(dist[i]), 2), r.due_at)
-            for i in keep.tolist() for r in (rows[i],)]
+    keep = (dist <= radius_m).tolist()
+    return [NearbyHit(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], float(r[9]), float(r[10]), d, r[11])
+            for r, d, k in zip(rows, np.round(dist, 2).tolist(), keep, strict=True) if k]
 
 
 # Rows beyond the limit fetched when PostGIS ranks by its own distance: its spheroid distance

@@ -51,6 +51,8 @@ class Db:
     sessions: sessionmaker[Session]
 
     def settings(self, **kw: Any) -> Settings:
+        # Tests build many apps in one process: freezing each one's heap would keep it for good.
+        kw.setdefault("gc_freeze", False)
         return Settings(database_url=self.url, secret_key="test-secret-key-" + "x" * 32, **kw)
 
     def uow(self) -> Any:

@@ -46,7 +46,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Seed
 
     folder = tmp_path_factory.mktemp("served")
     url = f"sqlite:///{folder / 'leadgrid.sqlite'}"
-    settings = Settings(database_url=url, secret_key="served-test-secret-" + "z" * 32)
+    settings = Settings(database_url=url, secret_key="served-test-secret-" + "z" * 32,
+                        gc_freeze=False)
     engine = make_engine(settings)
     migrate.upgrade(engine)
     db = Db("spatialite", url, engine, session_factory(engine))

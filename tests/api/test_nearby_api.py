@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from api.routers.nearby import NearbyPage
 from geo import crs as gcrs
 from tests.api.conftest import Api
 
@@ -24,6 +25,13 @@ def test_field_user_sees_only_scope_with_distance_and_links(api: Api) -> None:
     assert mine.status_code == 200, mine.text
     items = mine.json()["items"]
     assert [i["code"] for i in items] == [a["code"]]
+    # The hand-built answer is exactly the documented schema: no field missing, none extra,
+    # every value of its type, the deadline an ISO date-time with its offset.
+    page = NearbyPage.model_validate_json(mine.content)
+    assert set(mine.json()) == set(NearbyPage.model_fields)
+    assert set(items[0]) == set(type(page.items[0]).model_fields)
+    assert set(items[0]["navigation"]) == set(type(page.items[0].navigation).model_fields)
+    assert page.items[0].due_at is not None and page.items[0].due_at.utcoffset() is not None
     it = items[0]
     assert abs(it["distance_m"] - gcrs.geodesic_distance_m(117.10, 34.02, 117.098, 34.02)) < 0.5
     nav = it["navigation"]
