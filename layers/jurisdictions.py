@@ -766,6 +766,11 @@ def active_version(session: Session) -> BoundaryVersion | None:
     return session.scalar(select(BoundaryVersion).where(BoundaryVersion.status == VersionStatus.active.value))
 
 
+# Which version is active (built once: every lookup and intake batch asks).
+_ACTIVE = select(BoundaryVersion.id).where(BoundaryVersion.status == VersionStatus.active.value)
+_ACTIVE_FOR_SHARE = _ACTIVE.with_for_update(read=True)
+
+
 class IndexCache:
     """Per-process cache of boundary indexes: the active version's, and a few recent others.
 
@@ -811,17 +816,18 @@ class IndexCache:
             checked = self._checked.get(key)
             if hit is not None and checked is not None and time.monotonic() - checked < max_age:
                 return hit[1]
-        stmt = select(BoundaryVersion.id).where(BoundaryVersion.status == VersionStatus.active.value)
+        stmt = _ACTIVE
         if for_write:
             write_lock(session)
             if session.get_bind().dialect.name == "postgresql":
-                stmt = stmt.with_for_update(read=True)
+                stmt = _ACTIVE_FOR_SHARE
         checked_at = time.monotonic()
-        vid = session.scalar(stmt)
+        conn = session.connection()
+        vid = conn.execute(stmt).scalar()
         if vid is None and for_write:
             # Waiting on a switch that then committed finds the old row no longer active;
             # a fresh statement sees the new one.
-            vid = session.scalar(stmt)
+            vid = conn.execute(stmt).scalar()
         if vid is None:
             self._checked.pop(key, None)
             return None

@@ -47,6 +47,15 @@ class _Rule:
 
 _ROUTERS: dict[str, tuple[tuple[Any, ...], Router]] = {}
 _MEMO = "leadgrid.router"  # session.info key: (transaction, router) checked in that transaction
+# Whether the cached router is still the one in force: counts and highest ids (built once; every
+# intake batch asks).
+_STAMP = select(
+    select(func.count(RoutingRule.id)).scalar_subquery(),
+    select(func.max(RoutingRule.id)).scalar_subquery(),
+    select(func.count(RoutingRule.id)).where(RoutingRule.retired_at.is_(None)).scalar_subquery(),
+    select(func.count(Category.id)).scalar_subquery(),
+    select(func.max(Category.id)).scalar_subquery(),
+)
 
 
 def clear_cache() -> None:
@@ -94,13 +103,7 @@ class Router:
         mine = session.info.get(_MEMO)
         if mine is not None and mine[0] is session.get_transaction():
             return cast(Router, mine[1])
-        stamp = tuple(session.execute(select(
-            select(func.count(RoutingRule.id)).scalar_subquery(),
-            select(func.max(RoutingRule.id)).scalar_subquery(),
-            select(func.count(RoutingRule.id)).where(RoutingRule.retired_at.is_(None)).scalar_subquery(),
-            select(func.count(Category.id)).scalar_subquery(),
-            select(func.max(Category.id)).scalar_subquery(),
-        )).one())
+        stamp = tuple(session.connection().execute(_STAMP).one())
         key = str(session.get_bind().engine.url)
         hit = _ROUTERS.get(key)
         if hit is not None and hit[0] == stamp:
