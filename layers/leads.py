@@ -546,19 +546,52 @@ def list_leads(session: Session, p: Principal, f: LeadFilter, *, page: int = 1,
         ``(total, exact, rows)``: ``exact`` is False when there are more than ``count_cap``
         leads, and ``total`` is then ``count_cap`` (a lower bound).
     """
-    if count_cap is None:
-        total = int(session.scalar(_filtered(select(func.count(Lead.id)), p, f)) or 0)
-        exact = True
-    else:
-        capped = _filtered(select(Lead.id), p, f).limit(count_cap + 1).subquery()
-        n = int(session.scalar(select(func.count()).select_from(capped)) or 0)
-        exact = n <= count_cap
-        total = min(n, count_cap)
+    total, exact = _count(session, p, f, count_cap)
     rows = session.scalars(
         _filtered(select(Lead), p, f).order_by(Lead.reported_at.desc(), Lead.id.desc())
         .offset((page - 1) * page_size).limit(page_size)
     ).all()
     return total, exact, list(rows)
+
+
+#: A lead as the API publishes it, one labelled column per field (list pages read these rows
+#: directly: loading 50 ORM objects and their geometry cost more than the query).
+PUBLIC_COLUMNS = (
+    Lead.id, Lead.code, Lead.channel, Lead.external_id, Lead.category_code.label("category"), Lead.urgency,
+    Lead.status, Lead.description, Lead.address, Lead.reported_at, Lead.received_at,
+    func.ST_X(Lead.geom).label("lon"), func.ST_Y(Lead.geom).label("lat"),
+    Lead.orig_lon, Lead.orig_lat, Lead.orig_datum, Lead.city_code, Lead.county_code, Lead.township_code,
+    Lead.body_code, Lead.assign_method.label("method"), Lead.assign_reason.label("reason"),
+    Lead.assign_distance_m.label("distance_m"), Lead.assign_candidates.label("candidates"), Lead.review,
+    Lead.review_reason, Lead.boundary_version_id, Lead.routing_rule_id, Lead.due_at,
+)
+
+
+def list_public_rows(session: Session, p: Principal, f: LeadFilter, *, page: int = 1, page_size: int = 100,
+                     count_cap: int | None = COUNT_CAP) -> tuple[int, bool, list[dict[str, Any]]]:
+    """As :func:`list_leads`, with each lead as a dict of :data:`PUBLIC_COLUMNS` (storage lon/lat).
+
+    Returns
+    -------
+    tuple
+        ``(total, exact, rows)``.
+    """
+    total, exact = _count(session, p, f, count_cap)
+    result = session.connection().execute(
+        _filtered(select(*PUBLIC_COLUMNS), p, f).order_by(Lead.reported_at.desc(), Lead.id.desc())
+        .offset((page - 1) * page_size).limit(page_size))
+    rows = [dict(r) for r in result.mappings().all()]
+    for r in rows:
+        r["candidates"] = r["candidates"] or []
+    return total, exact, rows
+
+
+def _count(session: Session, p: Principal, f: LeadFilter, count_cap: int | None) -> tuple[int, bool]:
+    if count_cap is None:
+        return int(session.scalar(_filtered(select(func.count(Lead.id)), p, f)) or 0), True
+    capped = _filtered(select(Lead.id), p, f).limit(count_cap + 1).subquery()
+    n = int(session.scalar(select(func.count()).select_from(capped)) or 0)
+    return min(n, count_cap), n <= count_cap
 
 
 def get_lead(session: Session, p: Principal, ref: str) -> Lead:

@@ -103,3 +103,20 @@ def test_scoped_field_user_cannot_file_outside_scope(api: Api) -> None:
 def test_me_shows_roles_and_scope(api: Api) -> None:
     me = api.client.get("/users/me", headers=api.as_("field_a")).json()
     assert me["roles"] == ["field"] and me["scope_codes"] == ["320001"]
+
+
+def test_list_items_are_exactly_the_single_lead_answers(api: Api) -> None:
+    """GET /leads builds its rows without the ORM; each must equal GET /leads/{code} to the byte."""
+    _file(api, "eq1", 117.05, 34.02, description="油烟扰民", address="中山路 1 号")
+    _file(api, "eq2", 117.0995, 34.02, urgency="urgent")  # beside the county border: candidates, review
+    r = api.client.post("/leads", json={**LEAD, "external_id": "eq3", "address": "no point given"},
+                        headers=api.as_("dispatcher"))
+    assert r.status_code == 201, r.text
+    _file(api, "eq4", 117.05, 34.02, datum="gcj02")
+    h = api.as_("leader")
+    page = api.client.get("/leads?page_size=10", headers=h).json()
+    assert page["total"] == 4 and page["total_exact"] is True and len(page["items"]) == 4
+    for item in page["items"]:
+        assert item == api.client.get(f"/leads/{item['code']}", headers=h).json(), item["external_id"]
+    by_ext = {i["external_id"]: i for i in page["items"]}
+    assert by_ext["eq3"]["lon"] is None and by_ext["eq2"]["candidates"]
