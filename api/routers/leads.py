@@ -90,8 +90,8 @@ def list_leads(
                                                 page_size=min(page_size, settings.max_page_size))
     # The rows already have LeadPublic's fields and types (the schema above documents them; the
     # API tests hold each item equal to GET /leads/{code}): serialised once, not re-validated.
-    body = {"total": total, "total_exact": exact, "page": page, "page_size": page_size, "items": rows}
-    return Response(to_json(body), media_type="application/json")
+    answer = {"total": total, "total_exact": exact, "page": page, "page_size": page_size, "items": rows}
+    return Response(to_json(answer), media_type="application/json")
 
 
 @router.get("/{ref}", response_model=LeadPublic)
