@@ -81,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Supervision of pollution-prevention leads: intake, jurisdiction assignment, "
         "routing, deadlines and maps.",
         lifespan=lifespan,
+        telemetry=None if settings.otel else {"tracing": False, "metrics": False, "logs": False,
+                                              "operation_spans": False},
     )
     app.state.settings = settings
     app.state.secret = settings.resolved_secret()

@@ -15,12 +15,13 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Select, String, and_, func, literal, select, true
+from sqlalchemy import Select, String, and_, bindparam, func, select, true
 from sqlalchemy.dialects.postgresql import ARRAY as PG_ARRAY
 from sqlalchemy.orm import Session
 
@@ -377,17 +378,27 @@ def _rows_by_key(session: Session, keys: Sequence[tuple[str, str]], *extra: Any)
     for ch, ext in set(keys):
         by_channel.setdefault(ch, []).append(ext)
     pg = session.get_bind().dialect.name == "postgresql"
+    stmt = _key_template(pg, tuple(extra))
+    conn = session.connection()
     for ch, exts in by_channel.items():
         exts.sort()
         for start in range(0, len(exts), 1000):
-            yield from session.execute(_key_stmt(pg, ch, exts[start:start + 1000], *extra))
+            yield from conn.execute(stmt, {"k_channel": ch, "k_exts": exts[start:start + 1000]})
 
 
 def _key_stmt(pg: bool, channel: str, exts: list[str], *extra: Any) -> Select[Any]:
+    """The key lookup with its values bound (for EXPLAIN in tests)."""
+    return _key_template(pg, tuple(extra)).params(k_channel=channel, k_exts=exts)
+
+
+@lru_cache(maxsize=8)
+def _key_template(pg: bool, extra: tuple[Any, ...]) -> Select[Any]:
+    """Built once per shape: every intake batch runs it, and building it cost more than running it."""
+    channel = bindparam("k_channel", type_=String)
     if not pg:
         return (select(Lead.channel, Lead.external_id, Lead.id, *extra)
-                .where(Lead.channel == channel, Lead.external_id.in_(exts)))
-    k = func.unnest(literal(exts, PG_ARRAY(String))).table_valued("ext").render_derived(name="k")
+                .where(Lead.channel == channel, Lead.external_id.in_(bindparam("k_exts", expanding=True))))
+    k = func.unnest(bindparam("k_exts", type_=PG_ARRAY(String))).table_valued("ext").render_derived(name="k")
     probe = (select(Lead.channel, Lead.external_id, Lead.id, *extra)
              .where(Lead.channel == channel, Lead.external_id == k.c.ext).limit(1).lateral("x"))
     return select(*probe.c).select_from(k).join(probe, true())

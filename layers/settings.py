@@ -61,6 +61,10 @@ class Settings(BaseSettings):
         default=20.0, ge=0, le=1000,
         description="under concurrent POST /leads, a batch waits this long for more leads to share its "
         "transaction (a lone caller never waits; 0: no gathering)")
+    otel: bool = Field(
+        default=False,
+        description="FastAPI's OpenTelemetry instrumentation (traces, metrics and logs to the "
+        "OpenTelemetry SDK you configure); off, no request pays for looking up providers")
     gc_freeze: bool = Field(
         default=True,
         description="after start-up (caches warmed), exempt the loaded heap from the garbage "

@@ -46,3 +46,10 @@ def test_an_unmigrated_database_does_not_stop_start_up(tmp_path: Path, unfrozen:
     with caplog.at_level(logging.WARNING, logger="leadgrid"), TestClient(create_app(settings)) as client:
         assert client.get("/openapi.json").status_code == 200
     assert any("warm-up skipped" in r.getMessage() for r in caplog.records)
+
+
+def test_opentelemetry_instrumentation_follows_the_setting(seeded: Db) -> None:
+    off = create_app(seeded.settings())
+    on = create_app(seeded.settings(otel=True))
+    assert not any(off._telemetry[k] for k in ("tracing", "metrics", "logs", "operation_spans"))
+    assert all(on._telemetry[k] for k in ("tracing", "metrics", "logs", "operation_spans"))
