@@ -131,8 +131,13 @@ def setup(admin_url: str, n: int) -> str:
             FROM (SELECT g, {x0} + random() * {x1 - x0} AS x, {y0} + random() * {y1 - y0} AS y
                   FROM generate_series(1, :n) AS g) AS pts
         """), {"n": n})
-        c.execute(text("ANALYZE leads"))
-    print(f"loaded {n:,} leads in {time.perf_counter() - t0:.1f} s")
+    # A city's database with a million leads has been vacuumed many times over (hint bits and the
+    # visibility map set, statistics current) and is past its last checkpoint; a freshly bulk-loaded
+    # one is not, and its first minutes measure the catch-up, not the service.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.execute(text("VACUUM (ANALYZE) leads"))
+        c.execute(text("CHECKPOINT"))
+    print(f"loaded {n:,} leads in {time.perf_counter() - t0:.1f} s (then vacuumed and checkpointed)")
     engine.dispose()
     return url
 
