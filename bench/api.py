@@ -137,6 +137,7 @@ def setup(admin_url: str, n: int) -> str:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
         c.execute(text("VACUUM (ANALYZE) leads"))
         c.execute(text("CHECKPOINT"))
+    os.sync()  # and the operating system has written it out (its writeback competed with commits)
     print(f"loaded {n:,} leads in {time.perf_counter() - t0:.1f} s (then vacuumed and checkpointed)")
     engine.dispose()
     return url
@@ -336,8 +337,8 @@ def run_load(url: str, seconds: float, clients: int, workers: int, port: int, ra
               + "; intake >= 300/s: " + ("met" if len(it) / wall >= 300 * 0.98 else "NOT met")
               + "; intake p99 <= 100 ms: " + ("met" if len(it) and np.percentile(it, 99) <= 100 else "NOT met")
               + "; zero errors: " + ("met" if not sum(errors.values()) else "NOT met")
-              + ("; lookup p99 <= 5 ms (issue 3): " + ("met" if np.percentile(lk, 99) <= 5 else "NOT met")
-                 if len(lk) else ""))
+              + (f" (lookup under this load, for information: p99 {np.percentile(lk, 99):.1f} ms; issue 3's "
+                 "goal is judged with one client, above)" if len(lk) else ""))
     finally:
         gc.enable()
         server.terminate()
