@@ -344,8 +344,11 @@ def intake(
     bulk_insert(session, DISPATCH_TABLE, dispatch_rows)
     from layers.workflow import service as workflow  # local: the workflow imports this module
 
+    # Duplicates and rebounds are looked for before the cases open: opening them updates the KPI
+    # rollup rows every concurrent intake updates too, and those row locks last until the commit.
+    flags = workflow.duplicates.find_at_intake(session, ids)
     workflow.open_cases(session, ids, now=now)  # node clocks and due times, same unit of work
-    workflow.duplicates.flag_at_intake(session, ids, now=now, actor=actor)  # duplicates, rebounds
+    workflow.duplicates.store_at_intake(session, flags, now=now, actor=actor)
     # Last, so the audit head (one row every writer serialises on) is held only until the commit.
     audit.record(session, events)
 

@@ -130,23 +130,35 @@ def flag_at_intake(
 ) -> IntakeFlags:
     """Propose duplicates and flag rebounds for leads just taken in (one candidate query per batch).
 
+    :func:`find_at_intake` then :func:`store_at_intake`; intake calls the two apart (see there).
+    """
+    pol = policy or DuplicatePolicy.from_settings()
+    flags = find_at_intake(session, lead_ids, policy=pol)
+    store_at_intake(session, flags, now=now, policy=pol, actor=actor)
+    return flags
+
+
+def find_at_intake(session: Session, lead_ids: Sequence[int], *,
+                   policy: DuplicatePolicy | None = None) -> IntakeFlags:
+    """The duplicates and rebounds of leads just taken in, found but not yet stored (reads only).
+
+    Intake runs this before it opens the leads' cases: opening a case updates the KPI rollup rows
+    that every concurrent intake also updates, and those row locks are held until the commit, so
+    the candidate query (the batch's slowest read) must not run while they are held.
+
     Parameters
     ----------
     session
-        The intake's unit of work (the leads and their cases are already inserted).
+        The intake's unit of work (the new leads are already inserted).
     lead_ids
         Ids of the new leads.
-    now
-        Intake time (recorded on the audit events of rebounded closures).
     policy
         Distances and windows (default: from the settings).
-    actor
-        Recorded on the audit events.
 
     Returns
     -------
     IntakeFlags
-        The duplicate proposals and rebound links stored.
+        The duplicate proposals and rebound links to store.
     """
     if not lead_ids:
         return IntakeFlags([], [])
@@ -190,6 +202,28 @@ def flag_at_intake(
                     reb_best[f.new_id] = key
     dups = [(nid, old, m) for nid, (m, old) in sorted(dup_best.items())]
     rebs = [(nid, old, m) for nid, (_, m, old) in sorted(reb_best.items())]
+    return IntakeFlags(dups, rebs)
+
+
+def store_at_intake(session: Session, flags: IntakeFlags, *, now: datetime,
+                    policy: DuplicatePolicy | None = None, actor: str = "system") -> None:
+    """Store what :func:`find_at_intake` found on the cases (which must be open by now).
+
+    Parameters
+    ----------
+    session
+        The intake's unit of work.
+    flags
+        The duplicates and rebounds found.
+    now
+        Intake time (recorded on the audit events of rebounded closures).
+    policy
+        Distances and windows (named in the audit events' reasons).
+    actor
+        Recorded on the audit events.
+    """
+    pol = policy or DuplicatePolicy.from_settings()
+    dups, rebs = flags.duplicates, flags.rebounds
     if dups:
         session.execute(
             update(CASES_T).where(CASES_T.c.lead_id == bindparam("b_id"))
@@ -213,7 +247,6 @@ def flag_at_intake(
             reason=f"same category within {pol.rebound_distance_m:g} m, "
                    f"{pol.rebound_days:g} days after closure",
         ) for old, news in sorted(against.items())])
-    return IntakeFlags(dups, rebs)
 
 
 _PG_CANDIDATES = text("""
@@ -553,8 +586,10 @@ __all__ = [
     "children_owed",
     "dismiss_duplicate",
     "dispatcher_queue",
+    "find_at_intake",
     "flag_at_intake",
     "lead_links",
     "on_merge",
     "running_feedback_clock",
+    "store_at_intake",
 ]
