@@ -585,6 +585,19 @@ def list_public_rows(session: Session, p: Principal, f: LeadFilter, *, page: int
                      count_cap: int | None = COUNT_CAP) -> tuple[int, bool, list[dict[str, Any]]]:
     """As :func:`list_leads`, with each lead as a dict of :data:`PUBLIC_COLUMNS` (storage lon/lat).
 
+    Parameters
+    ----------
+    session
+        Any session (read only).
+    p
+        The caller; their scope is applied inside the query.
+    f
+        Filters.
+    page, page_size
+        Which page, newest first.
+    count_cap
+        Count at most this many matches (``None``: count them all).
+
     Returns
     -------
     tuple
