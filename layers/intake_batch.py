@@ -4,10 +4,10 @@ Every intake writes a lead, a dispatch record, a workflow case with its node clo
 event, and appends to the audit chain (one head row every writer serialises on). Done one request
 per transaction, the fixed cost of those statements and of the commit dominates, and the
 transactions queue on the audit head. :class:`IntakeBatcher` lets concurrent requests share one
-unit of work instead: the first request to arrive becomes the *leader*, takes every request queued
-so far (itself included), runs one set-based :func:`layers.leads.intake` for all of them and
-commits once; requests that arrive meanwhile wait and are taken by the next leader. There is no
-background thread.
+unit of work instead. Requests queue in the event loop, where a request waiting for its batch
+holds no thread, no connection and no database turn; one drain task (it exists only while
+requests queue) takes what has queued, runs one set-based :func:`layers.leads.intake` for all of
+it in one thread-pool hop and commits once; requests that arrive meanwhile go into the next batch.
 
 **Gathering window.** Batches that only take what queued during the previous batch stay small
 (one to three leads at 150 intakes/s per worker), and a batch's fixed cost (its dozen statements
