@@ -110,7 +110,6 @@ def _warm(sessions: Callable[[], Session]) -> None:
         with sessions() as session:
             boundary_store.INDEX_CACHE.get(session)
             Router.current(session)
-            session.rollback()
     except Exception as exc:  # an empty or unmigrated database: they load on first use instead
         log.warning("start-up warm-up skipped (%s); caches load on first use", exc)
 

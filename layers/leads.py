@@ -546,28 +546,6 @@ COUNT_CAP = 10_000
 """A list's total is counted exactly up to this many leads, then reported as "at least"."""
 
 
-def list_leads(session: Session, p: Principal, f: LeadFilter, *, page: int = 1,
-               page_size: int = 100, count_cap: int | None = COUNT_CAP) -> tuple[int, bool, list[Lead]]:
-    """Leads visible to ``p`` matching ``f``, newest first, with their count.
-
-    Counting every lead of a city-wide scope on each page view costs a scan of the whole table;
-    the count stops at ``count_cap`` instead (exact statistics come from the KPI and export
-    endpoints). ``count_cap=None`` counts everything.
-
-    Returns
-    -------
-    tuple
-        ``(total, exact, rows)``: ``exact`` is False when there are more than ``count_cap``
-        leads, and ``total`` is then ``count_cap`` (a lower bound).
-    """
-    total, exact = _count(session, p, f, count_cap)
-    rows = session.scalars(
-        _filtered(select(Lead), p, f).order_by(Lead.reported_at.desc(), Lead.id.desc())
-        .offset((page - 1) * page_size).limit(page_size)
-    ).all()
-    return total, exact, list(rows)
-
-
 #: A lead as the API publishes it, one labelled column per field (list pages read these rows
 #: directly: loading 50 ORM objects and their geometry cost more than the query).
 PUBLIC_COLUMNS = (
@@ -581,9 +559,13 @@ PUBLIC_COLUMNS = (
 )
 
 
-def list_public_rows(session: Session, p: Principal, f: LeadFilter, *, page: int = 1, page_size: int = 100,
-                     count_cap: int | None = COUNT_CAP) -> tuple[int, bool, list[dict[str, Any]]]:
-    """As :func:`list_leads`, with each lead as a dict of :data:`PUBLIC_COLUMNS` (storage lon/lat).
+def list_leads(session: Session, p: Principal, f: LeadFilter, *, page: int = 1, page_size: int = 100,
+               count_cap: int | None = COUNT_CAP) -> tuple[int, bool, list[dict[str, Any]]]:
+    """Leads visible to ``p`` matching ``f``, newest first, with their count.
+
+    Each lead is a dict of :data:`PUBLIC_COLUMNS` (storage lon/lat). Counting every lead of a
+    city-wide scope on each page view costs a scan of the whole table; the count stops at
+    ``count_cap`` instead (exact statistics come from the KPI and export endpoints).
 
     Parameters
     ----------
@@ -601,7 +583,8 @@ def list_public_rows(session: Session, p: Principal, f: LeadFilter, *, page: int
     Returns
     -------
     tuple
-        ``(total, exact, rows)``.
+        ``(total, exact, rows)``: ``exact`` is False when there are more than ``count_cap``
+        leads, and ``total`` is then ``count_cap`` (a lower bound).
     """
     total, exact = _count(session, p, f, count_cap)
     result = session.connection().execute(

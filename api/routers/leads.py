@@ -86,8 +86,8 @@ def list_leads(
     f = leads.LeadFilter(status=status, body=body, category=category, channel=channel,
                          jurisdiction=jurisdiction, since=_aware(since), until=_aware(until),
                          review=review)
-    total, exact, rows = leads.list_public_rows(session, p, f, page=page,
-                                                page_size=min(page_size, settings.max_page_size))
+    total, exact, rows = leads.list_leads(session, p, f, page=page,
+                                          page_size=min(page_size, settings.max_page_size))
     # The rows already have LeadPublic's fields and types (the schema above documents them; the
     # API tests hold each item equal to GET /leads/{code}): serialised once, not re-validated.
     answer = {"total": total, "total_exact": exact, "page": page, "page_size": page_size, "items": rows}

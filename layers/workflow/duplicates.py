@@ -1,6 +1,7 @@
 """Duplicates and rebounds at intake, merged children's feedback, and the dispatcher's queue.
 
-At intake (:func:`flag_at_intake`, one candidate query per batch through the spatial index):
+At intake (:func:`find_at_intake`, one candidate query per batch through the spatial index,
+then :func:`store_at_intake`):
 
 * **Duplicate proposal** (重复): a new lead of the same category within
   ``duplicate_distance_m`` of an *open* lead reported within ``duplicate_window_hours`` of it is
@@ -114,28 +115,10 @@ class _Candidate:
 
 @dataclass(frozen=True)
 class IntakeFlags:
-    """What :func:`flag_at_intake` found: (new lead id, earlier lead id, metres) pairs."""
+    """What :func:`find_at_intake` found: (new lead id, earlier lead id, metres) pairs."""
 
     duplicates: list[tuple[int, int, float]]
     rebounds: list[tuple[int, int, float]]
-
-
-def flag_at_intake(
-    session: Session,
-    lead_ids: Sequence[int],
-    *,
-    now: datetime,
-    policy: DuplicatePolicy | None = None,
-    actor: str = "system",
-) -> IntakeFlags:
-    """Propose duplicates and flag rebounds for leads just taken in (one candidate query per batch).
-
-    :func:`find_at_intake` then :func:`store_at_intake`; intake calls the two apart (see there).
-    """
-    pol = policy or DuplicatePolicy.from_settings()
-    flags = find_at_intake(session, lead_ids, policy=pol)
-    store_at_intake(session, flags, now=now, policy=pol, actor=actor)
-    return flags
 
 
 def find_at_intake(session: Session, lead_ids: Sequence[int], *,
@@ -587,7 +570,6 @@ __all__ = [
     "dismiss_duplicate",
     "dispatcher_queue",
     "find_at_intake",
-    "flag_at_intake",
     "lead_links",
     "on_merge",
     "running_feedback_clock",

@@ -196,7 +196,7 @@ def test_list_counts_exactly_up_to_the_cap_then_says_at_least(seeded: Db) -> Non
         assert (total, exact, len(rows)) == (3, False, 2)
         # The cap applies after scope: the county user sees only its own leads, counted exactly.
         in_county = leads.list_leads(s, county, leads.LeadFilter(), count_cap=3)
-        assert in_county[:2] == (3, True) and {r.county_code for r in in_county[2]} == {"320001"}
+        assert in_county[:2] == (3, True) and {r["county_code"] for r in in_county[2]} == {"320001"}
 
 
 @pytest.mark.parametrize("migrated", ["postgis"], indirect=True)
